@@ -1,0 +1,57 @@
+"""The `plexus` command line: one sub-command per module in `plexus.cli.commands`.
+
+Each module there exposes `register(subparsers)`, which adds its parser and sets
+`func=run` where `run(args) -> int` is the exit status. New commands need no edit here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import pkgutil
+import sys
+
+from plexus import __version__
+from plexus.errors import PlexusError
+
+log = logging.getLogger("plexus")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="plexus",
+        description="Pool GPUs and CPUs into one volunteer network that runs large language models.",
+    )
+    parser.add_argument("--version", action="version", version=f"plexus {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    from plexus.cli import commands
+
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"plexus.cli.commands.{info.name}")
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    logging.basicConfig(
+        level=getattr(args, "log_level", "INFO"),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except PlexusError as exc:
+        print(f"plexus: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Sub-commands of `plexus`; each module registers itself (see plexus.cli)."""

@@ -1,0 +1,79 @@
+"""Options every command shares, so scripts and tests can rely on them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from plexus.paths import default_data_dir
+
+
+def add_data_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="folder for this peer's identity, ledger and caches "
+        "(env PLEXUS_DATA_DIR; default ~/.local/share/plexus)",
+    )
+
+
+def data_dir(args: argparse.Namespace) -> Path:
+    chosen = getattr(args, "data_dir", None)
+    path = Path(chosen).expanduser() if chosen else default_data_dir()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def add_initial_peers(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--initial-peers",
+        nargs="+",
+        metavar="ADDR",
+        default=None,
+        help="multiaddrs of peers to join through, e.g. /ip4/1.2.3.4/tcp/31337/p2p/12D3KooW... "
+        "(env PLEXUS_INITIAL_PEERS, separated by spaces or commas)",
+    )
+
+
+def initial_peers(args: argparse.Namespace) -> list[str]:
+    """Peers from --initial-peers, else from $PLEXUS_INITIAL_PEERS."""
+    chosen = getattr(args, "initial_peers", None)
+    if chosen:
+        return [p for item in chosen for p in item.replace(",", " ").split() if p]
+    env = os.environ.get("PLEXUS_INITIAL_PEERS", "")
+    return [p for p in env.replace(",", " ").split() if p]
+
+
+def add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--json", action="store_true", help="print one machine-readable JSON object on stdout"
+    )
+
+
+def add_log_level(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("PLEXUS_LOG_LEVEL", "INFO"),
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="how much to log on stderr (env PLEXUS_LOG_LEVEL; default INFO)",
+    )
+
+
+def add_common(parser: argparse.ArgumentParser, *, network: bool, reporting: bool) -> None:
+    add_data_dir(parser)
+    add_log_level(parser)
+    if network:
+        add_initial_peers(parser)
+    if reporting:
+        add_json(parser)
+
+
+def emit_json(payload: dict[str, Any]) -> None:
+    json.dump(payload, sys.stdout, sort_keys=True)
+    sys.stdout.write("\n")
+    sys.stdout.flush()
