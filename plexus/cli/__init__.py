@@ -21,7 +21,7 @@ log = logging.getLogger("plexus")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="plexus",
-        description="Pool GPUs and CPUs into one volunteer network that runs large language models.",
+        description="Pool GPUs and CPUs into one network that runs large language models.",
     )
     parser.add_argument("--version", action="version", version=f"plexus {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
