@@ -1,0 +1,101 @@
+"""A contiguous span of decoder blocks, run on hidden states.
+
+`SpanModel.forward` is the whole forward pass of a span: masks against this span's own
+cache, rotary embeddings, then the blocks in order. The blocks are built with *local*
+indices 0..n-1 and a span config whose `num_hidden_layers` is n, so a fresh
+`DynamicCache(config=span.config)` has exactly one slot per block (transformers pitfall:
+a global index would make the cache allocate, and report, the wrong layers).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from transformers import PretrainedConfig
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+
+from plexus.models.families import Family, family_of, layer_types
+
+
+def span_config(config: PretrainedConfig, start: int, end: int) -> PretrainedConfig:
+    """A config describing blocks start..end (inclusive) as a model of their own."""
+    cfg = copy.deepcopy(config)
+    types = layer_types(config)[start : end + 1]
+    cfg.num_hidden_layers = end - start + 1
+    if getattr(config, "layer_types", None):
+        cfg.layer_types = types
+    if getattr(cfg, "_attn_implementation", None) is None:
+        cfg._attn_implementation = "sdpa"  # pitfall: None silently drops padding masks
+    return cfg
+
+
+def position_ids_from_mask(mask2d: torch.Tensor, new_tokens: int) -> torch.Tensor:
+    """Positions of the last `new_tokens` columns, by the same rule as `generate`."""
+    positions = (mask2d.long().cumsum(-1) - 1).masked_fill(mask2d == 0, 0)
+    return positions[:, -new_tokens:]
+
+
+class SpanModel(nn.Module):
+    """Blocks `start..end` (inclusive, global numbering) of a causal LM."""
+
+    def __init__(self, config: PretrainedConfig, start: int, end: int) -> None:
+        super().__init__()
+        if not 0 <= start <= end < config.num_hidden_layers:
+            raise ValueError(f"span {start}-{end} outside 0-{config.num_hidden_layers - 1}")
+        self.family: Family = family_of(config)
+        self.start, self.end = start, end
+        self.config = span_config(config, start, end)
+        self.layer_types = layer_types(self.config)
+        self.layers = nn.ModuleList(
+            self.family.decoder_layer(self.config, i) for i in range(self.config.num_hidden_layers)
+        )
+        self.rotary_emb = self.family.rotary_embedding(config=self.config)
+
+    def new_cache(self) -> DynamicCache:
+        return DynamicCache(config=self.config)
+
+    @torch.inference_mode()
+    def forward(
+        self, hidden: torch.Tensor, mask2d: torch.Tensor, cache: Cache | None = None
+    ) -> torch.Tensor:
+        """Run the span on `hidden` [B, T, H], the last T tokens of `mask2d` [B, past+T].
+
+        `mask2d` covers the cached past and the new tokens (1 = real, 0 = padding).
+        With a cache, the new keys/values are appended to it.
+        """
+        new_tokens = hidden.shape[1]
+        position_ids = position_ids_from_mask(mask2d, new_tokens)
+        mask_args = dict(
+            config=self.config,
+            inputs_embeds=hidden,
+            attention_mask=mask2d,
+            cache=cache,
+            position_ids=position_ids,
+        )
+        masks = {}
+        if "full_attention" in self.layer_types:
+            masks["full_attention"] = create_causal_mask(**mask_args)
+        if "sliding_attention" in self.layer_types:
+            masks["sliding_attention"] = create_sliding_window_causal_mask(**mask_args)
+        position_embeddings = self.rotary_emb(hidden, position_ids)
+        for layer, kind in zip(self.layers, self.layer_types, strict=True):
+            hidden = layer(
+                hidden,
+                attention_mask=masks[kind],
+                position_ids=position_ids,
+                cache=cache,
+                use_cache=cache is not None,
+                position_embeddings=position_embeddings,
+            )
+        return hidden
+
+    @property
+    def num_blocks(self) -> int:
+        return self.end - self.start + 1
+
+    @property
+    def parameter_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.parameters())
