@@ -30,12 +30,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import torch
+    import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from plexus.errors import ConfigError
     from plexus.models import TINY_MODEL_NAME, load_head, load_span, open_model
     from plexus.models.local_chain import LocalChain
 
+    transformers.utils.logging.disable_progress_bar()
     files = open_model(TINY_MODEL_NAME, options.data_dir(args))
     n = files.config.num_hidden_layers
     if not 1 <= args.spans <= n:
@@ -51,9 +53,8 @@ def run(args: argparse.Namespace) -> int:
         [{"role": "user", "content": args.prompt}], add_generation_prompt=True, tokenize=False
     )
     input_ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).input_ids
-    chain = LocalChain(
-        load_head(files, progress=False), [load_span(files, a, b, progress=False) for a, b in ranges]
-    )
+    spans = [load_span(files, a, b, progress=False) for a, b in ranges]
+    chain = LocalChain(load_head(files, progress=False), spans)
     started = time.perf_counter()
     result = chain.greedy(input_ids, max_new_tokens=args.max_new_tokens)
     elapsed = time.perf_counter() - started
