@@ -16,8 +16,14 @@ from plexus.models.span import SpanModel
 class SpanSession:
     """Server-side state of one client's session on one span."""
 
-    def __init__(self, span: SpanModel) -> None:
+    def __init__(self, span: SpanModel, blocks: range | None = None) -> None:
+        """A session over all of `span`, or over `blocks` (local indices) of it."""
         self.span = span
+        self.blocks = blocks if blocks is not None else range(span.num_blocks)
+        if not (
+            0 <= self.blocks.start < self.blocks.stop <= span.num_blocks and self.blocks.step == 1
+        ):
+            raise SessionError(f"blocks {self.blocks} are not a sub-range of the span")
         self.cache = span.new_cache()
         self.mask: torch.Tensor | None = None  # [B, length]: 1 real token, 0 padding
         self._inputs: list[torch.Tensor] = []  # hidden states given, in order
@@ -40,7 +46,7 @@ class SpanSession:
         mask = new_mask if self.mask is None else torch.cat([self.mask, new_mask], dim=1)
         length_before = self.length
         try:
-            out = self.span(hidden, mask, self.cache)
+            out = self.span(hidden, mask, self.cache, self.blocks)
         except Exception:
             self.rollback(length_before)
             raise
@@ -69,10 +75,14 @@ class SpanSession:
 
     @classmethod
     def from_history(
-        cls, span: SpanModel, hidden: torch.Tensor, mask: torch.Tensor
+        cls,
+        span: SpanModel,
+        hidden: torch.Tensor,
+        mask: torch.Tensor,
+        blocks: range | None = None,
     ) -> tuple[SpanSession, torch.Tensor]:
         """A session rebuilt by replaying `hidden` [B, L, H] with `mask` [B, L] (failover)."""
-        session = cls(span)
+        session = cls(span, blocks)
         return session, session.step(hidden, mask)
 
     def _check(self, hidden: torch.Tensor, new_mask: torch.Tensor | None) -> torch.Tensor:
@@ -93,6 +103,8 @@ class SpanSession:
         return new_mask.to(device=hidden.device, dtype=torch.long)
 
 
-def stateless_forward(span: SpanModel, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The span on a whole sequence with no cache kept (replays and audits)."""
-    return span(hidden, mask.to(device=hidden.device, dtype=torch.long), None)
+def stateless_forward(
+    span: SpanModel, hidden: torch.Tensor, mask: torch.Tensor, blocks: range | None = None
+) -> torch.Tensor:
+    """The span (or `blocks` of it) on a whole sequence with no cache kept (audits)."""
+    return span(hidden, mask.to(device=hidden.device, dtype=torch.long), None, blocks)

@@ -59,30 +59,40 @@ class SpanModel(nn.Module):
 
     @torch.inference_mode()
     def forward(
-        self, hidden: torch.Tensor, mask2d: torch.Tensor, cache: Cache | None = None
+        self,
+        hidden: torch.Tensor,
+        mask2d: torch.Tensor,
+        cache: Cache | None = None,
+        blocks: range | None = None,
     ) -> torch.Tensor:
-        """Run the span on `hidden` [B, T, H], the last T tokens of `mask2d` [B, past+T].
+        """Run `hidden` [B, T, H], the last T tokens of `mask2d` [B, past+T], through the span.
 
-        `mask2d` covers the cached past and the new tokens (1 = real, 0 = padding).
-        With a cache, the new keys/values are appended to it.
+        `mask2d` covers the cached past and the new tokens (1 = real, 0 = padding). With a
+        cache, the new keys/values are appended to it. `blocks` (local indices) runs only
+        part of the span; its cache slots are the blocks' own, so a cache must always be
+        used with the same `blocks`.
         """
+        blocks = blocks if blocks is not None else range(len(self.layers))
         new_tokens = hidden.shape[1]
         position_ids = position_ids_from_mask(mask2d, new_tokens)
-        mask_args = dict(
-            config=self.config,
-            inputs_embeds=hidden,
-            attention_mask=mask2d,
-            cache=cache,
-            position_ids=position_ids,
-        )
+        kinds = [self.layer_types[i] for i in blocks]
         masks = {}
-        if "full_attention" in self.layer_types:
-            masks["full_attention"] = create_causal_mask(**mask_args)
-        if "sliding_attention" in self.layer_types:
-            masks["sliding_attention"] = create_sliding_window_causal_mask(**mask_args)
+        for kind, make_mask in (
+            ("full_attention", create_causal_mask),
+            ("sliding_attention", create_sliding_window_causal_mask),
+        ):
+            if kind in kinds:  # masks are sized by the first cache slot of that kind
+                masks[kind] = make_mask(
+                    config=self.config,
+                    inputs_embeds=hidden,
+                    attention_mask=mask2d,
+                    cache=cache,
+                    position_ids=position_ids,
+                    layer_idx=blocks[kinds.index(kind)],
+                )
         position_embeddings = self.rotary_emb(hidden, position_ids)
-        for layer, kind in zip(self.layers, self.layer_types, strict=True):
-            hidden = layer(
+        for i, kind in zip(blocks, kinds, strict=True):
+            hidden = self.layers[i](
                 hidden,
                 attention_mask=masks[kind],
                 position_ids=position_ids,

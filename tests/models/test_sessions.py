@@ -142,3 +142,21 @@ def test_sharded_checkpoint_reads_only_the_needed_shards(model_dirs: dict[str, P
     assert len(shards) > 2, "the llama fixture must be sharded"
     span = load_span(files, 2, 2, progress=False)
     assert span.num_blocks == 1
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_part_of_a_span_equals_a_span_of_those_blocks(
+    model_dirs: dict[str, Path], family: str
+) -> None:
+    # A server holding blocks 0-5 can serve a client that only needs blocks 2-4.
+    whole = load_span(model_dirs[family], 0, 5, progress=False)
+    part = load_span(model_dirs[family], 2, 4, progress=False)
+    x = hidden_states(model_dirs[family], 1, 12, seed=10)
+    on_whole, on_part = SpanSession(whole, range(2, 5)), SpanSession(part)
+    a = [on_whole.step(x[:, :5])] + [on_whole.step(x[:, t : t + 1]) for t in range(5, 12)]
+    b = [on_part.step(x[:, :5])] + [on_part.step(x[:, t : t + 1]) for t in range(5, 12)]
+    assert (torch.cat(a, 1) - torch.cat(b, 1)).abs().max().item() <= TOL
+    audit = stateless_forward(whole, x, torch.ones(1, 12, dtype=torch.long), range(2, 5))
+    assert (audit - torch.cat(b, 1)).abs().max().item() <= TOL
+    on_whole.rollback(6)
+    assert on_whole.length == 6
