@@ -50,9 +50,12 @@ class SpanSession:
         except Exception:
             self.rollback(length_before)
             raise
+        self._commit(hidden, mask)
+        return out
+
+    def _commit(self, hidden: torch.Tensor, mask: torch.Tensor) -> None:
         self.mask = mask
         self._inputs.append(hidden.detach().clone())
-        return out
 
     def history(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """All inputs so far as one chunk [B, length, H] and the mask [B, length]."""
