@@ -14,3 +14,14 @@ if "PLEXUS_DATA_DIR" not in os.environ:
     import tempfile
 
     os.environ["PLEXUS_DATA_DIR"] = tempfile.mkdtemp(prefix="plexus-tests-")
+
+
+import pytest
+
+from tests.model_fixtures import write_model_dirs
+
+
+@pytest.fixture(scope="session")
+def model_dirs(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """The tiny model and random-weight Llama (tied, sharded), Mistral and Qwen2 folders."""
+    return write_model_dirs(tmp_path_factory.mktemp("models"))

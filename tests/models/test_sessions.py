@@ -13,7 +13,7 @@ from plexus.errors import ModelError, SessionError, UnsupportedModelError
 from plexus.models import SpanSession, load_span, open_model
 from plexus.models.resolve import load_config
 from plexus.models.session import stateless_forward
-from tests.models.conftest import FAMILY_NAMES
+from tests.model_fixtures import FAMILY_NAMES
 
 TOL = 1e-4  # fp32; replay and chunking change reduction order (~1e-6 relative)
 

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 from plexus.models import load_head, load_span
 from plexus.models.local_chain import LocalChain
 from plexus.models.resolve import load_config
-from tests.models.conftest import FAMILY_NAMES
+from tests.model_fixtures import FAMILY_NAMES
 
 DECODE_STEPS = 24
 TOLERANCE = 1e-4

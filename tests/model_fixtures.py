@@ -1,10 +1,11 @@
-"""Model folders for span tests: the tiny model and random-weight Llama/Mistral/Qwen2."""
+"""Model folders for tests: the tiny model and random-weight Llama/Mistral/Qwen2.
+
+The `model_dirs` fixture is registered in tests/conftest.py."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config
 
@@ -42,9 +43,7 @@ def random_configs() -> dict[str, object]:
 FAMILY_NAMES = ["tiny", "llama", "mistral", "qwen2"]
 
 
-@pytest.fixture(scope="session")
-def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("models")
+def write_model_dirs(root: Path) -> dict[str, Path]:
     dirs = {"tiny": write_tiny_model(root / "tiny")}
     for name, config in random_configs().items():
         torch.manual_seed(1234)

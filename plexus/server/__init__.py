@@ -1,0 +1,1 @@
+"""The block server: `plexus serve` runs a span of blocks for the swarm's clients."""
