@@ -1,0 +1,130 @@
+"""Data-plane requests a block server answers (docs/protocol.md, "Block server").
+
+Every field a peer sends is type- and range-checked here; anything wrong is answered
+with a `ServerError` code, never an exception that reaches the connection.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from plexus import __version__
+from plexus.p2p.dataplane import Message, Router
+from plexus.server.backend import SpanBackend
+from plexus.server.errors import ServerCode, ServerError
+
+
+def _int(fields: dict[str, Any], name: str, low: int = 0, high: int = 2**31) -> int:
+    value = fields.get(name)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ServerError(
+            ServerCode.MALFORMED_REQUEST, f"field {name!r} must be an int in [{low}, {high}]"
+        )
+    return value
+
+
+def _str(fields: dict[str, Any], name: str, max_length: int = 256) -> str:
+    value = fields.get(name)
+    if not isinstance(value, str) or not 0 < len(value) <= max_length:
+        raise ServerError(ServerCode.MALFORMED_REQUEST, f"field {name!r} must be a string")
+    return value
+
+
+def _hidden_and_mask(message: Message) -> tuple[torch.Tensor, torch.Tensor | None]:
+    tensors = message.tensors
+    if len(tensors) not in (1, 2):
+        raise ServerError(
+            ServerCode.MALFORMED_REQUEST, "expected hidden states and an optional mask"
+        )
+    mask = None
+    if len(tensors) == 2:
+        mask = tensors[1]
+        hidden = tensors[0]
+        if mask.dtype not in (torch.int64, torch.int32, torch.int8, torch.uint8, torch.bool):
+            raise ServerError(ServerCode.MALFORMED_REQUEST, "mask must be an integer tensor")
+        if mask.dim() != 2 or tuple(mask.shape) != tuple(hidden.shape[:2]):
+            raise ServerError(ServerCode.MALFORMED_REQUEST, "mask must be [batch, tokens]")
+        if bool(((mask != 0) & (mask != 1)).any()):
+            raise ServerError(ServerCode.MALFORMED_REQUEST, "mask values must be 0 or 1")
+    return tensors[0], mask
+
+
+class BlockServerHandlers:
+    """Routes `info`, `open`, `step`, `rollback`, `close` and `forward` to a backend."""
+
+    def __init__(self, backend: SpanBackend, model_id: str, info: dict[str, Any]) -> None:
+        self.backend = backend
+        self.model_id = model_id
+        self.info = info  # static facts: num_blocks, dtype, throughput, ...
+        self.router = Router()
+        for name in ("info", "open", "step", "rollback", "close", "forward"):
+            self.router.route(name)(getattr(self, f"on_{name}"))
+
+    def _check_model(self, fields: dict[str, Any]) -> None:
+        if _str(fields, "model_id") != self.model_id:
+            raise ServerError(
+                ServerCode.WRONG_MODEL,
+                f"this server serves {self.model_id}, not {fields['model_id']}",
+            )
+
+    async def on_info(self, peer_id: str, message: Message) -> Message:
+        b = self.backend
+        return Message(
+            "info",
+            {
+                **self.info,
+                "model_id": self.model_id,
+                "start": b.span.start,
+                "end": b.span.end,
+                "version": __version__,
+                "sessions": len(b.sessions),
+                "max_sessions": b.max_sessions,
+                "free_cache_tokens": b.free_cache_tokens,
+            },
+        )
+
+    async def on_open(self, peer_id: str, message: Message) -> Message:
+        f = message.fields
+        self._check_model(f)
+        session = self.backend.open_session(
+            peer_id,
+            _int(f, "start"),
+            _int(f, "end"),
+            _int(f, "max_length", 1, 1_000_000),
+            _int(f, "batch_size", 1, 1024) if "batch_size" in f else 1,
+        )
+        return Message("open", {"session_id": session.id})
+
+    async def on_step(self, peer_id: str, message: Message) -> Message:
+        f = message.fields
+        session = self.backend.get(peer_id, _str(f, "session_id", 64))
+        expected = _int(f, "length", 0, 1_000_000)
+        if expected != session.model.length:
+            raise ServerError(
+                ServerCode.MALFORMED_REQUEST,
+                f"step expects the cache to hold {expected} tokens; it holds "
+                f"{session.model.length}",
+            )
+        hidden, mask = _hidden_and_mask(message)
+        out = await self.backend.step(session, hidden, mask)
+        return Message("step", {"length": session.model.length}, [out])
+
+    async def on_rollback(self, peer_id: str, message: Message) -> Message:
+        f = message.fields
+        session = self.backend.get(peer_id, _str(f, "session_id", 64))
+        length = _int(f, "length", 0, session.model.length)
+        await self.backend.rollback(session, length)
+        return Message("rollback", {"length": session.model.length})
+
+    async def on_close(self, peer_id: str, message: Message) -> Message:
+        self.backend.close_session(peer_id, _str(message.fields, "session_id", 64))
+        return Message("close", {})
+
+    async def on_forward(self, peer_id: str, message: Message) -> Message:
+        f = message.fields
+        self._check_model(f)
+        hidden, mask = _hidden_and_mask(message)
+        out = await self.backend.forward(_int(f, "start"), _int(f, "end"), hidden, mask)
+        return Message("forward", {}, [out])
