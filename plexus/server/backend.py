@@ -9,7 +9,6 @@ can share a forward joins it, so a session waits for at most the step in progres
 from __future__ import annotations
 
 import logging
-import math
 import secrets
 import time
 from collections.abc import Callable
@@ -18,9 +17,11 @@ from dataclasses import dataclass, field
 import torch
 import trio
 
+from plexus.errors import ProtocolError
 from plexus.models.batching import batched_decode, can_batch
 from plexus.models.session import SpanSession, stateless_forward
 from plexus.models.span import SpanModel
+from plexus.p2p.dataplane.codes import ErrorCode
 from plexus.server.errors import ServerCode, ServerError
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,13 @@ class SpanBackend:
         self._wakeup = trio.Event()
         self.batched_steps = 0  # decode steps that ran batched with others (for reports)
         self.steps = 0
+        self.accepting = True  # False while shutting down: no new sessions
+
+    def replace_span(self, span: SpanModel) -> None:
+        """Serve other blocks (rebalancing); only allowed while no session is open."""
+        if self.sessions:
+            raise RuntimeError("cannot change span while sessions are open")
+        self.span = span
 
     # -- bookkeeping -------------------------------------------------------------------
     @property
@@ -93,6 +101,8 @@ class SpanBackend:
     def open_session(
         self, owner: str, start: int, end: int, max_length: int, batch_size: int = 1
     ) -> ServerSession:
+        if not self.accepting:
+            raise ProtocolError("server is shutting down", ErrorCode.SHUTTING_DOWN)
         blocks = self.blocks_for(start, end)
         if not (1 <= max_length <= 1_000_000 and 1 <= batch_size <= 1024):
             raise ServerError(ServerCode.MALFORMED_REQUEST, "max_length or batch_size out of range")
@@ -161,12 +171,12 @@ class SpanBackend:
         self, start: int, end: int, hidden: torch.Tensor, mask: torch.Tensor | None
     ) -> torch.Tensor:
         """A stateless forward over a whole sequence (replays and audits)."""
-        blocks = self.blocks_for(start, end)
+        span, blocks = self.span, self.blocks_for(start, end)
         self._check_hidden(hidden, None)
         if mask is None:
             mask = torch.ones(hidden.shape[:2], dtype=torch.long)
         hidden = hidden.to(self.device, self.span_dtype)
-        job = _Job(lambda: stateless_forward(self.span, hidden, mask.to(self.device), blocks))
+        job = _Job(lambda: stateless_forward(span, hidden, mask.to(self.device), blocks))
         return await self._submit(job)  # type: ignore[return-value]
 
     @property
@@ -244,20 +254,3 @@ class SpanBackend:
             await trio.sleep(period)
             if n := self.expire_idle():
                 log.info("dropped %d idle session(s)", n)
-
-
-def tokens_per_second(span: SpanModel, device: torch.device, steps: int = 8) -> float:
-    """Decode throughput per block (tokens/s), measured on this device."""
-    session = SpanSession(span)
-    dtype = next(span.parameters()).dtype
-    hidden = torch.randn(1, 8, span.config.hidden_size, device=device, dtype=dtype)
-    session.step(hidden)
-    token = hidden[:, :1]
-    session.step(token)  # warm-up
-    started = time.perf_counter()
-    for _ in range(steps):
-        session.step(token)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elapsed = max(time.perf_counter() - started, 1e-9)
-    return steps * span.num_blocks / elapsed if math.isfinite(elapsed) else 0.0

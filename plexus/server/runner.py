@@ -1,0 +1,280 @@
+"""`plexus serve` end to end: choose and load a span, measure it, serve and announce it.
+
+Lifecycle: load (progress bar) -> measure throughput (cached) -> open the DHT node and
+the data plane -> print multiaddrs -> announce every period and whenever load or free
+cache changes -> on SIGINT/SIGTERM stop taking sessions, withdraw, exit 0.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import trio
+
+from plexus import __version__
+from plexus.errors import ConfigError
+from plexus.identity import Identity
+from plexus.models import load_span, open_model
+from plexus.models.resolve import ModelFiles
+from plexus.p2p.dataplane import serve_dataplane
+from plexus.p2p.dht import DHTNode
+from plexus.p2p.records import ServerRecord, make_record
+from plexus.server import memory
+from plexus.server.backend import SpanBackend
+from plexus.server.handlers import BlockServerHandlers
+from plexus.server.span_choice import Coverage, choose_span, should_move
+from plexus.server.throughput import cached_throughput
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServeOptions:
+    model: str
+    data_dir: Path
+    identity_file: Path
+    shards: tuple[int, int] | None = None  # None: choose automatically
+    num_blocks: int | None = None  # with automatic choice: at most this many blocks
+    host: str = "127.0.0.1"
+    announce_host: str | None = None
+    port: int = 0  # libp2p (DHT) port
+    data_port: int = 0
+    initial_peers: list[str] = field(default_factory=list)
+    device: str = "auto"
+    dtype: str = "auto"
+    max_sessions: int = 64
+    cache_tokens: int = 16384
+    idle_timeout: float = 300.0
+    announce_period: float = 30.0
+    rebalance_period: float = 300.0
+    rebalance: bool = True
+    json: bool = False
+    refresh_throughput: bool = False
+
+
+def parse_shards(text: str | None) -> tuple[int, int] | None:
+    """'0-20' -> (0, 20); '5' -> (5, 5); None or 'auto' -> None."""
+    if text is None or text == "auto":
+        return None
+    try:
+        start, _, end = text.partition("-")
+        span = (int(start), int(end or start))
+    except ValueError:
+        raise ConfigError(f"--shards must look like 0-20 or auto, not {text!r}") from None
+    if span[0] < 0 or span[1] < span[0]:
+        raise ConfigError(f"--shards {text}: need 0 <= start <= end")
+    return span
+
+
+def default_dtype(device: str) -> torch.dtype:
+    if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def blocks_that_fit(files: ModelFiles, dtype: torch.dtype, device: str, cache_tokens: int) -> int:
+    """How many blocks (with their share of the KV-cache budget) fit this device."""
+    from plexus.models.checkpoint import read_header
+
+    prefix = "model.layers.0."
+    wmap = files.files_for([n for n in files.weight_map if n.startswith(prefix)])
+    params = 0
+    for file_name in sorted({wmap[n] for n in wmap if n.startswith(prefix)}):
+        params += sum(
+            e.nbytes // e.dtype.itemsize
+            for name, e in read_header(files.folder / file_name).items()
+            if name.startswith(prefix)
+        )
+    block_bytes = params * torch.empty((), dtype=dtype).element_size()
+    kv = memory.kv_bytes_per_token(files.config, dtype, 1) * cache_tokens
+    usable = memory.device_memory(device).usable_bytes
+    return max(0, min(files.config.num_hidden_layers, usable // max(1, block_bytes + kv)))
+
+
+def coverage_of(records: list[ServerRecord], exclude: str | None = None) -> list[Coverage]:
+    return [Coverage(r.start, r.end, r.throughput) for r in records if r.peer_id != exclude]
+
+
+async def serve(opts: ServeOptions, announce_ready: Callable[[dict], None]) -> int:
+    identity = Identity.load_or_create(opts.identity_file)
+    files = open_model(opts.model, opts.data_dir)
+    model_id = files.model_id
+    n_layers = files.config.num_hidden_layers
+    device = memory.pick_device(opts.device)
+    from plexus.models.loading import parse_dtype
+
+    dtype = parse_dtype(opts.dtype) or default_dtype(device)
+    dtype_name = str(dtype).removeprefix("torch.")
+
+    async with DHTNode.open(
+        identity, opts.host, opts.port, opts.initial_peers, announce_host=opts.announce_host
+    ) as node:
+        if opts.shards is not None:
+            start, end = opts.shards
+            if end >= n_layers:
+                raise ConfigError(
+                    f"--shards {start}-{end}: {opts.model} has blocks 0-{n_layers - 1}"
+                )
+        else:
+            fit = blocks_that_fit(files, dtype, device, opts.cache_tokens)
+            if fit == 0:
+                raise ConfigError("not even one block fits this device's free memory")
+            length = min(fit, opts.num_blocks or fit)
+            swarm = await node.find_servers(model_id)
+            start, end = choose_span(n_layers, length, coverage_of(swarm, identity.peer_id_str))
+            log.info(
+                "chose blocks %d-%d (%d fit in memory; %d servers seen)",
+                start,
+                end,
+                fit,
+                len(swarm),
+            )
+        span = await trio.to_thread.run_sync(
+            lambda: load_span(files, start, end, dtype=dtype, device=device)
+        )
+        device_name = memory.device_memory(device).name
+        throughput = cached_throughput(
+            span, model_id, device_name, opts.data_dir / "cache", opts.refresh_throughput
+        )
+        backend = SpanBackend(
+            span,
+            max_sessions=opts.max_sessions,
+            cache_tokens=opts.cache_tokens,
+            idle_timeout=opts.idle_timeout,
+            device=device,
+        )
+        handlers = BlockServerHandlers(
+            backend,
+            model_id,
+            {"num_blocks": n_layers, "dtype": dtype_name, "throughput": throughput},
+        )
+        async with trio.open_nursery() as nursery:
+            dataplane = await nursery.start(
+                serve_dataplane, identity, opts.host, opts.data_port, handlers.router
+            )
+            data_host = opts.announce_host or opts.host
+            data_addr = f"{data_host}:{dataplane.port}"
+            nursery.start_soon(backend.run)
+            nursery.start_soon(backend.reap_idle)
+
+            def record() -> ServerRecord:
+                return make_record(
+                    identity,
+                    model_id=model_id,
+                    start=backend.span.start,
+                    end=backend.span.end,
+                    throughput=throughput,
+                    free_cache_tokens=backend.free_cache_tokens,
+                    dtype=dtype_name,
+                    data_addr=data_addr,
+                    ttl=2 * opts.announce_period,
+                    num_blocks=n_layers,
+                    extra={
+                        "sessions": len(backend.sessions),
+                        "max_sessions": backend.max_sessions,
+                        "model": opts.model[:128],
+                    },
+                )
+
+            await node.announce(record())
+            announce_ready(
+                {
+                    "multiaddrs": node.multiaddrs,
+                    "peer_id": identity.peer_id_str,
+                    "data_addr": data_addr,
+                    "model_id": model_id,
+                    "start": start,
+                    "end": end,
+                    "throughput": throughput,
+                    "version": __version__,
+                }
+            )
+            nursery.start_soon(_announce_loop, node, backend, record, opts.announce_period)
+            if opts.rebalance and opts.shards is None:
+                nursery.start_soon(_rebalance_loop, node, backend, record, opts, files, throughput)
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    log.info(
+                        "received %s: withdrawing and shutting down", signal.Signals(signum).name
+                    )
+                    break
+            backend.accepting = False
+            with trio.move_on_after(5):
+                await node.withdraw()
+            nursery.cancel_scope.cancel()
+    return 0
+
+
+async def _announce_loop(
+    node: DHTNode, backend: SpanBackend, record: Callable[[], ServerRecord], period: float
+) -> None:
+    """Announce every `period`, and soon after sessions or free cache change."""
+    last_state = (len(backend.sessions), backend.free_cache_tokens)
+    last_time = time.monotonic()
+    while True:
+        await trio.sleep(1.0)
+        state = (len(backend.sessions), backend.free_cache_tokens)
+        if state != last_state or time.monotonic() - last_time >= period:
+            try:
+                await node.announce(record())
+            except Exception as exc:  # announce errors must not stop serving
+                log.warning("announce failed: %s", exc)
+            last_state, last_time = state, time.monotonic()
+
+
+async def _rebalance_loop(
+    node: DHTNode,
+    backend: SpanBackend,
+    record: Callable[[], ServerRecord],
+    opts: ServeOptions,
+    files: ModelFiles,
+    throughput: float,
+) -> None:
+    """Move to a span where the swarm is weaker, when that clearly helps."""
+    rng = random.Random()
+    while True:
+        # Jitter so that servers do not all move at once.
+        await trio.sleep(opts.rebalance_period * rng.uniform(0.8, 1.2))
+        if backend.sessions:
+            continue  # never drop sessions to move
+        swarm = await node.find_servers(node_model_id(record))
+        mine = Coverage(backend.span.start, backend.span.end, throughput)
+        others = coverage_of(swarm, node.peer_id)
+        target = should_move(files.config.num_hidden_layers, mine, others, rng=rng)
+        if target is None:
+            continue
+        log.info("rebalancing: moving from %d-%d to %d-%d", mine.start, mine.end, *target)
+        new_span = await trio.to_thread.run_sync(
+            lambda t=target: load_span(
+                files, t[0], t[1], dtype=backend.span_dtype, device=backend.device
+            )
+        )
+        backend.replace_span(new_span)
+        await node.announce(record())
+
+
+def node_model_id(record: Callable[[], ServerRecord]) -> str:
+    return record().model_id
+
+
+def print_ready(info: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(info, sort_keys=True), flush=True)
+    else:
+        for addr in info["multiaddrs"]:
+            print(addr, flush=True)
+        print(
+            f"serving blocks {info['start']}-{info['end']} of {info['model_id'][:19]}... "
+            f"on data plane {info['data_addr']} ({info['throughput']:.1f} tokens/s per block)",
+            file=sys.stderr,
+            flush=True,
+        )
