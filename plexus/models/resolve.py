@@ -127,13 +127,16 @@ def load_config(folder: Path) -> PretrainedConfig:
     return config
 
 
-def open_model(ref: str | os.PathLike[str], data_dir: Path | None = None) -> ModelFiles:
+def open_model(
+    ref: str | os.PathLike[str], data_dir: str | os.PathLike[str] | None = None
+) -> ModelFiles:
     """Resolve `ref` to its files; `plexus-tiny` is written under the data dir on first use."""
     ref = str(ref)
     if ref == TINY_MODEL_NAME:
         from plexus.models.tiny import ensure_tiny_model
 
-        folder = ensure_tiny_model((data_dir or default_data_dir()) / "models" / TINY_MODEL_NAME)
+        base = Path(data_dir) if data_dir else default_data_dir()
+        folder = ensure_tiny_model(base / "models" / TINY_MODEL_NAME)
         return ModelFiles(ref, folder, load_config(folder))
     path = Path(ref).expanduser()
     if path.is_dir():

@@ -1,0 +1,85 @@
+"""One authenticated data-plane connection per server, opened on first use.
+
+Each connection is owned by a task in the pool's nursery; it stays open until the pool
+closes or the connection breaks, after which the next `get` dials again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import trio
+
+from plexus.errors import NetworkError
+from plexus.identity import Identity
+from plexus.p2p.dataplane import Connection, connect
+
+log = logging.getLogger(__name__)
+
+
+class ConnectionPool:
+    def __init__(self, identity: Identity, nursery: trio.Nursery) -> None:
+        self.identity = identity
+        self._nursery = nursery
+        self._connections: dict[str, Connection] = {}
+        self._locks: dict[str, trio.Lock] = {}
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, identity: Identity) -> AsyncIterator[ConnectionPool]:
+        async with trio.open_nursery() as nursery:
+            pool = cls(identity, nursery)
+            try:
+                yield pool
+            finally:
+                nursery.cancel_scope.cancel()
+
+    async def get(self, peer_id: str, address: str) -> Connection:
+        """The open connection to `peer_id` at `address`, dialing it if needed."""
+        async with self._locks.setdefault(peer_id, trio.Lock()):
+            conn = self._connections.get(peer_id)
+            if conn is not None and not conn.closed:
+                return conn
+            try:
+                return await self._nursery.start(self._hold, peer_id, address)
+            except NetworkError as exc:
+                raise NetworkError(f"cannot connect to {peer_id} at {address}: {exc}") from exc
+            except (OSError, ValueError) as exc:
+                raise NetworkError(f"cannot connect to {peer_id} at {address}: {exc}") from exc
+
+    async def _hold(
+        self, peer_id: str, address: str, task_status: trio.TaskStatus[Connection]
+    ) -> None:
+        started = False
+        try:
+            async with connect(self.identity, address, peer_id) as conn:
+                self._connections[peer_id] = conn
+                task_status.started(conn)
+                started = True
+                try:
+                    await conn.wait_closed()
+                finally:
+                    if self._connections.get(peer_id) is conn:
+                        del self._connections[peer_id]
+        except NetworkError as exc:
+            if not started:
+                raise
+            log.debug("connection to %s ended: %s", peer_id, exc)
+
+    async def drop(self, peer_id: str) -> None:
+        """Close the connection to `peer_id` (after a failure), if any."""
+        conn = self._connections.pop(peer_id, None)
+        if conn is not None:
+            await conn.aclose("dropped by client")
+
+    async def ping(self, peer_id: str, address: str, timeout: float = 2.0) -> float | None:
+        """Round-trip time to a server in seconds, or None if it does not answer."""
+        with trio.move_on_after(timeout):
+            try:
+                conn = await self.get(peer_id, address)
+                return await conn.ping(timeout)
+            except NetworkError:
+                return None
+        return None
