@@ -22,13 +22,14 @@ countersigns (`countersign`). A receipt's identity is the SHA-256 of its body.
 from __future__ import annotations
 
 import hashlib
+import struct
 from dataclasses import dataclass, field
 from functools import cached_property
 
 import nacl.signing
 
 from ledger import signing
-from ledger.codec import Reader, Writer
+from ledger.codec import MAX_U63, Reader, Writer
 from ledger.errors import InvalidReceipt, Reason
 
 MAGIC = b"PXRC"
@@ -92,31 +93,29 @@ class Receipt:
         return bytes(w)
 
 
+# Everything after the two text fields has a fixed size: one struct call parses it.
+_FIXED = struct.Struct(">II16sQQQQ32s32sQ32s32s")
+
+
 def _read_receipt(r: Reader) -> Receipt:
     if r.raw(4, "magic") != MAGIC:
         raise r.fail("bad magic: not a receipt")
     version = r.u8("version")
     if version != VERSION:
         raise r.fail(f"receipt version {version}", Reason.UNKNOWN_VERSION)
-    receipt = Receipt(
-        network_id=r.text8("network_id", MAX_NETWORK_ID_BYTES),
-        model_id=r.text8("model_id", MAX_MODEL_ID_BYTES),
-        block_start=r.u32("block_start"),
-        block_end=r.u32("block_end"),
-        session_id=r.raw(SESSION_ID_BYTES, "session_id"),
-        seq=r.u63("seq"),
-        prompt_tokens=r.u63("prompt_tokens"),
-        generated_tokens=r.u63("generated_tokens"),
-        amount=r.u63("amount"),
-        inputs_hash=r.raw(HASH_BYTES, "inputs_hash"),
-        output_commitment=r.raw(HASH_BYTES, "output_commitment"),
-        epoch=r.u63("epoch"),
-        server_key=r.raw(signing.PUBLIC_KEY_BYTES, "server_key"),
-        client_key=r.raw(signing.PUBLIC_KEY_BYTES, "client_key"),
-    )
-    if receipt.block_start > receipt.block_end:
+    network_id = r.text8("network_id", MAX_NETWORK_ID_BYTES)
+    model_id = r.text8("model_id", MAX_MODEL_ID_BYTES)
+    fixed = _FIXED.unpack(r.raw(_FIXED.size, "fixed-size fields"))
+    (start, end, session_id, seq, prompt, generated, amount, inputs_hash, output_commitment,
+     epoch, server_key, client_key) = fixed  # fmt: skip
+    if max(seq, prompt, generated, amount, epoch) > MAX_U63:
+        raise r.fail("a 64-bit field is 2**63 or more")
+    if start > end:
         raise r.fail("block_start > block_end")
-    return receipt
+    return Receipt(
+        network_id, model_id, start, end, session_id, seq, prompt, generated, amount,
+        inputs_hash, output_commitment, epoch, server_key, client_key,
+    )  # fmt: skip
 
 
 def decode_receipt(body: bytes) -> Receipt:
