@@ -47,6 +47,11 @@ class AsyncClient:
         self.tokenizer = tokenizer
         self.swarm = swarm
         self.last_route: list[dict[str, object]] = []
+        self._live_sessions: list[InferenceSession] = []
+
+    def swarm_route(self) -> list[dict[str, object]]:
+        """The route of the generation in progress (or of the last one)."""
+        return self._live_sessions[-1].route if self._live_sessions else self.last_route
 
     @classmethod
     @asynccontextmanager
@@ -127,12 +132,14 @@ class AsyncClient:
         seed: int | None = None,
         stop: Sequence[str] = (),
         on_text: Callable[[str], object] | None = None,
+        on_token: Callable[[int], object] | None = None,
     ) -> Generation:
         """Generate a completion of `prompt`, or an assistant reply to chat `messages`."""
         if max_new_tokens < 1:
             raise ConfigError("max_new_tokens must be at least 1")
         ids = self.encode(prompt, messages)
         session = await self.open_session(ids.shape[1] + max_new_tokens)
+        self._live_sessions.append(session)
         try:
             result = await generate_tokens(
                 session,
@@ -144,8 +151,10 @@ class AsyncClient:
                 decode=self.decode,
                 stop=stop,
                 on_text=on_text,
+                on_token=on_token,
             )
         finally:
+            self._live_sessions.remove(session)
             with trio.CancelScope(shield=True):
                 await session.close()
         self.last_route = result.route
@@ -219,6 +228,7 @@ class AsyncChat:
             decode=self.client.decode,
             stop=kwargs.get("stop", ()),
             on_text=kwargs.get("on_text"),
+            on_token=kwargs.get("on_token"),
             history_ids=torch.tensor([ids[:common]], dtype=torch.long),
         )
         # The cache holds the prompt and every generated token but the last one.

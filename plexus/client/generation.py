@@ -65,6 +65,7 @@ async def generate_tokens(
     decode: Callable[[list[int]], str] | None = None,
     stop: Sequence[str] = (),
     on_text: Callable[[str], object] | None = None,
+    on_token: Callable[[int], object] | None = None,
     history_ids: torch.Tensor | None = None,
 ) -> Generation:
     """Generate up to `max_new_tokens` after `input_ids` [1, T] (new tokens of the session).
@@ -85,6 +86,8 @@ async def generate_tokens(
         logits = head.logits(hidden[:, -1])
         next_id = int(sampler(logits, seen)[0])
         generated.append(next_id)
+        if on_token is not None:
+            on_token(next_id)
         seen = torch.cat([seen, torch.tensor([[next_id]])], dim=1)
         if next_id in eos_token_ids:
             generated.pop()

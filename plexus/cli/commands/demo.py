@@ -1,88 +1,233 @@
-"""`plexus demo`: see Plexus split a model and run it, on this machine, offline."""
+"""`plexus demo`: a whole swarm on this machine, offline, in under a minute or two.
+
+Starts a bootstrap peer and block servers for the embedded tiny model as separate
+processes on 127.0.0.1, generates through them, then SIGKILLs a server mid-generation
+to show failover, and checks every token against transformers' own generate().
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from plexus.cli import options
+
+SPANS = ["0-2", "3-5", "6-7", "3-5"]  # the second 3-5 server is there for failover
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "demo",
-        help="split the embedded tiny model into spans and generate through them",
-        description="Create plexus-tiny under the data dir, split its 8 blocks into spans, "
-        "generate greedily through the chain and check the tokens against transformers' own "
-        "generate() on the whole model. Runs offline in seconds.",
+        help="run a swarm on this machine and generate through it (offline)",
+        description="Create plexus-tiny (a random-weight 8-block Llama test model), start a "
+        "bootstrap peer and four block servers (blocks 0-2, 3-5, 6-7 and a spare 3-5) as "
+        "separate processes on 127.0.0.1, generate through the swarm, then kill the server "
+        "in use for blocks 3-5 mid-generation. Both generations must give exactly the token "
+        "ids of transformers' generate() on the whole model. The tiny model's weights are "
+        "random, so its text is noise: what matters is that the tokens match.",
     )
     parser.add_argument("--prompt", default="Hello, Plexus!", help="user message to answer")
     parser.add_argument(
-        "--max-new-tokens", type=int, default=32, help="tokens to generate (default 32)"
+        "--max-new-tokens", type=int, default=24, help="tokens to generate (default 24)"
     )
     parser.add_argument(
-        "--spans", type=int, default=3, help="how many spans to split the model into (1-8)"
+        "--no-failover",
+        action="store_true",
+        help="skip the second generation with a server killed midway",
+    )
+    parser.add_argument(
+        "--local",
+        action="store_true",
+        help="no processes: split the model into spans in this process only",
     )
     options.add_common(parser, network=False, reporting=True)
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def _say(args: argparse.Namespace, message: str) -> None:
+    if not args.json:
+        print(message, file=sys.stderr, flush=True)
+
+
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() else "·" for c in text)
+
+
+def reference_tokens(folder, input_ids, max_new_tokens: int, eos: int) -> list[int]:  # type: ignore[no-untyped-def]
     import torch
     import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from plexus.errors import ConfigError
-    from plexus.models import TINY_MODEL_NAME, load_head, load_span, open_model
-    from plexus.models.local_chain import LocalChain
+    from transformers import AutoModelForCausalLM
 
     transformers.utils.logging.disable_progress_bar()
-    files = open_model(TINY_MODEL_NAME, options.data_dir(args))
-    n = files.config.num_hidden_layers
-    if not 1 <= args.spans <= n:
-        raise ConfigError(f"--spans must be between 1 and {n}")
-    bounds = [round(i * n / args.spans) for i in range(args.spans + 1)]
-    ranges = [(bounds[i], bounds[i + 1] - 1) for i in range(args.spans)]
-    say = (lambda *_: None) if args.json else (lambda msg: print(msg, file=sys.stderr))
-    say(f"model {TINY_MODEL_NAME} ({files.model_id[:19]}...) at {files.folder}")
-    say("spans: " + ", ".join(f"blocks {a}-{b}" for a, b in ranges))
-
-    tokenizer = AutoTokenizer.from_pretrained(files.folder)
-    prompt = tokenizer.apply_chat_template(
-        [{"role": "user", "content": args.prompt}], add_generation_prompt=True, tokenize=False
-    )
-    input_ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).input_ids
-    spans = [load_span(files, a, b, progress=False) for a, b in ranges]
-    chain = LocalChain(load_head(files, progress=False), spans)
-    started = time.perf_counter()
-    result = chain.greedy(input_ids, max_new_tokens=args.max_new_tokens)
-    elapsed = time.perf_counter() - started
-    token_ids = result.token_ids[0].tolist()
-
-    reference = AutoModelForCausalLM.from_pretrained(files.folder, dtype=torch.float32).eval()
-    expected = reference.generate(
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    out = model.generate(
         input_ids,
-        max_new_tokens=args.max_new_tokens,
-        min_new_tokens=args.max_new_tokens,
+        max_new_tokens=max_new_tokens,
         do_sample=False,
-        pad_token_id=files.config.pad_token_id,
-    )[0, input_ids.shape[1] :].tolist()
-    matches = token_ids == expected
-    text = tokenizer.decode(token_ids, skip_special_tokens=True)
-    report = {
-        "model": TINY_MODEL_NAME,
-        "model_id": files.model_id,
-        "spans": [list(r) for r in ranges],
-        "token_ids": token_ids,
-        "text": text,
-        "tokens_per_s": round(len(token_ids) / elapsed, 1),
-        "matches_transformers": matches,
-    }
+        eos_token_id=eos,
+        pad_token_id=model.config.pad_token_id,
+    )
+    ids = out[0, input_ids.shape[1] :].tolist()
+    return ids[:-1] if ids and ids[-1] == eos else ids
+
+
+def run(args: argparse.Namespace) -> int:
+    from plexus.errors import ConfigError
+    from plexus.models import TINY_MODEL_NAME, open_model
+    from plexus.p2p.dht import configure_libp2p_logging
+
+    configure_libp2p_logging(args.log_level)
+    if args.max_new_tokens < 2:
+        raise ConfigError("--max-new-tokens must be at least 2")
+    data_dir = options.data_dir(args)
+    started = time.perf_counter()
+    files = open_model(TINY_MODEL_NAME, data_dir)
+    _say(
+        args,
+        f"model {TINY_MODEL_NAME}: {files.config.num_hidden_layers} blocks, "
+        f"id {files.model_id[:23]}..., at {files.folder}",
+    )
+    report = _run_local(args, files) if args.local else _run_swarm(args, files, data_dir)
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    ok = all(r["matches_transformers"] for r in report["runs"])
+    report["ok"] = ok
     if args.json:
         options.emit_json(report)
     else:
-        print(f"generated ({report['tokens_per_s']} tokens/s): {text!r}")
-        verdict = "identical to" if matches else "DIFFERENT from"
-        print(f"token ids {verdict} transformers.generate on the whole model")
-    return 0 if matches else 1
+        verdict = "identical to" if ok else "DIFFERENT from"
+        print(
+            f"all token ids {verdict} transformers.generate on the whole model "
+            f"({report['seconds']} s)"
+        )
+    return 0 if ok else 1
+
+
+def _run_local(args: argparse.Namespace, files) -> dict:  # type: ignore[no-untyped-def]
+    from transformers import AutoTokenizer
+
+    from plexus.models import load_head, load_span
+    from plexus.models.local_chain import LocalChain
+
+    tokenizer = AutoTokenizer.from_pretrained(files.folder)
+    ids = _prompt_ids(tokenizer, args.prompt)
+    spans = [tuple(int(x) for x in s.split("-")) for s in SPANS[:3]]
+    chain = LocalChain(
+        load_head(files, progress=False), [load_span(files, a, b, progress=False) for a, b in spans]
+    )
+    eos = files.config.eos_token_id
+    got = chain.greedy(ids, max_new_tokens=args.max_new_tokens, eos_token_id=eos)
+    tokens = [t for t in got.token_ids[0].tolist()]
+    if eos in tokens:
+        tokens = tokens[: tokens.index(eos)]
+    expected = reference_tokens(files.folder, ids, args.max_new_tokens, eos)
+    text = tokenizer.decode(tokens, skip_special_tokens=True)
+    _say(args, f"spans {', '.join(SPANS[:3])} in this process: {_printable(text)!r}")
+    return {
+        "mode": "local",
+        "runs": [{"token_ids": tokens, "text": text, "matches_transformers": tokens == expected}],
+    }
+
+
+def _prompt_ids(tokenizer, prompt: str):  # type: ignore[no-untyped-def]
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+    )
+    return tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
+
+
+def _run_swarm(args: argparse.Namespace, files, data_dir) -> dict:  # type: ignore[no-untyped-def]
+    import trio
+
+    from plexus.local_swarm import LocalSwarm
+
+    root = data_dir / "demo" / time.strftime("%Y%m%d-%H%M%S")
+    with LocalSwarm(root) as swarm:
+        _say(args, "starting a bootstrap peer ...")
+        boot = swarm.start_bootstrap()
+        _say(args, f"  {boot.multiaddr}")
+        _say(args, f"starting {len(SPANS)} block servers (blocks {', '.join(SPANS)}) ...")
+        with ThreadPoolExecutor(len(SPANS)) as pool:
+            servers = list(
+                pool.map(
+                    lambda s: swarm.start_server(
+                        "plexus-tiny", s, "--announce-period", "5", "--no-rebalance"
+                    ),
+                    SPANS,
+                )
+            )
+        for server in servers:
+            _say(args, f"  blocks {server.info['start']}-{server.info['end']}: {server.multiaddr}")
+        return trio.run(_generate, args, files, data_dir, swarm, servers)
+
+
+async def _generate(args, files, data_dir, swarm, servers) -> dict:  # type: ignore[no-untyped-def]
+    import signal
+
+    import trio
+
+    from plexus.client import AsyncClient
+
+    report: dict = {"mode": "swarm", "servers": [s.info for s in servers], "runs": []}
+    async with AsyncClient.connect(
+        "plexus-tiny", initial_peers=swarm.initial_peers, data_dir=data_dir
+    ) as client:
+        ids = _prompt_ids(client.tokenizer, args.prompt)
+        eos = files.config.eos_token_id
+        expected = await trio.to_thread.run_sync(
+            lambda: reference_tokens(files.folder, ids, args.max_new_tokens, eos)
+        )
+        messages = [{"role": "user", "content": args.prompt}]
+        # Every announcement must be visible before the first route is planned.
+        with trio.move_on_after(30):
+            while len(await client.swarm.node.find_servers(client.swarm.model_id)) < len(servers):
+                await trio.sleep(0.5)
+        result = await client.generate(messages=messages, max_new_tokens=args.max_new_tokens)
+        _say(args, _describe("swarm", result, expected))
+        report["runs"].append(_run_report("swarm", result, expected))
+        if args.no_failover:
+            return report
+
+        by_peer = {s.peer_id: s for s in servers}
+        victim: list = []
+        count = 0
+
+        def on_token(_token: int) -> None:
+            nonlocal count
+            count += 1
+            if count == max(1, args.max_new_tokens // 3) and not victim:
+                hop = next(h for h in client.swarm_route() if h["start"] <= 3 <= h["end"])
+                victim.append(by_peer[hop["peer_id"]])
+                victim[0].signal(signal.SIGKILL)
+                _say(
+                    args,
+                    f"  SIGKILLed {hop['peer_id'][-8:]} (blocks {hop['start']}-"
+                    f"{hop['end']}) after {count} tokens",
+                )
+
+        _say(args, "generating again, killing a server midway ...")
+        result = await client.generate(
+            messages=messages, max_new_tokens=args.max_new_tokens, on_token=on_token
+        )
+        _say(args, _describe("failover", result, expected))
+        report["runs"].append(_run_report("failover", result, expected))
+        return report
+
+
+def _describe(label: str, result, expected: list[int]) -> str:  # type: ignore[no-untyped-def]
+    route = " -> ".join(f"[{h['start']}-{h['end']}]" for h in result.route)
+    same = "same tokens as transformers" if result.token_ids == expected else "TOKENS DIFFER"
+    return (
+        f"{label}: {len(result.token_ids)} tokens at {result.tokens_per_s:.1f} tokens/s "
+        f"via {route}, {result.failovers} failover(s); {same}\n"
+        f"  text: {_printable(result.text)!r}"
+    )
+
+
+def _run_report(label: str, result, expected: list[int]) -> dict:  # type: ignore[no-untyped-def]
+    return {
+        "label": label,
+        **result.as_dict(),
+        "matches_transformers": result.token_ids == expected,
+    }
