@@ -16,6 +16,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import multiprocessing
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
@@ -229,7 +230,10 @@ class LedgerStore:
         if self._workers == 1 or len(datas) < 256:
             return _check_many(datas, self.network_id)
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(self._workers - 1)
+            # Spawned, not forked: a forked child would inherit open SQLite connections,
+            # and SQLite must never see a connection cross a fork.
+            spawn = multiprocessing.get_context("spawn")
+            self._pool = ProcessPoolExecutor(self._workers - 1, mp_context=spawn)
         # This process also parses the pool's valid receipts afterwards: give it a bit less.
         own = len(datas) * 2 // (2 * self._workers + 1)
         rest = datas[own:]
@@ -331,7 +335,8 @@ class LedgerStore:
         """Stored receipts (or, with `conflicts`, the REPLAYED evidence), from their columns."""
         table = schema.receipt_conflicts if conflicts else schema.receipts
         with self.engine.begin() as conn:
-            for row in conn.execute(select(table).order_by(table.c.id)):
+            query = select(table).order_by(table.c.id).execution_options(yield_per=2000)
+            for row in conn.execute(query):
                 yield signed_receipt_from_row(row, self.network_id)
 
     # -- fraud proofs and audits ---------------------------------------------------------

@@ -94,7 +94,7 @@ def verify_store(store: LedgerStore) -> VerifyReport:
     ):
         report.checked[kind] = 0
         with store.engine.begin() as conn:
-            for row in conn.execute(select(table)):
+            for row in conn.execute(select(table).execution_options(yield_per=2000)):
                 report.checked[kind] += 1
                 error = _check_receipt_row(row, store.network_id)
                 if error:
