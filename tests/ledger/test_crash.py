@@ -33,22 +33,26 @@ def test_sigkill_never_loses_acknowledged_receipts(tmp_path: Path, capsys) -> No
             stderr=subprocess.PIPE,
         )
         assert child.stdout is not None
+        early = b""
         if round_ % 5 == 0:
             # Anywhere from interpreter start-up through opening (and migrating) the ledger.
             time.sleep(rng.uniform(0.0, 0.6))
         else:
-            assert child.stdout.readline() == b"ready\n", child.stderr.read().decode()  # type: ignore[union-attr]
-            time.sleep(rng.uniform(0.0, 0.25))
+            # While writing: after the first acknowledged batch, plus a random delay that
+            # lands in signing, checking, inserting or committing a later batch.
+            early = child.stdout.readline()
+            assert early == b"ready\n", child.stderr.read().decode()  # type: ignore[union-attr]
+            early += child.stdout.readline()
+            time.sleep(rng.uniform(0.0, 0.15))
         child.send_signal(signal.SIGKILL)
-        out, err = child.communicate(timeout=30)
+        out, err = child.communicate(timeout=60)
         assert child.returncode == -signal.SIGKILL, err.decode()
-        lines = out.decode().split("\n")
-        complete = lines[:-1]  # the last piece may be a line cut by the kill
+        complete = (early + out).decode().split("\n")[:-1]  # the last piece may be cut
         acks = {line.split()[1] for line in complete if line.startswith("ack ")}
         killed_while_writing += bool(acks)
         acknowledged |= acks
 
-    assert killed_while_writing >= KILLS // 2 and len(acknowledged) > 200
+    assert killed_while_writing >= KILLS // 2 and len(acknowledged) > 100
     with LedgerStore(url) as store:
         stored = {rid.hex() for rid in store.receipt_ids()}
         missing = acknowledged - stored
