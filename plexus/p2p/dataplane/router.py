@@ -1,0 +1,46 @@
+"""Dispatch requests to one async function per message type."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from plexus.errors import ProtocolError
+from plexus.p2p.dataplane.codes import ErrorCode
+from plexus.p2p.dataplane.message import Message
+
+Route = Callable[[str, Message], Awaitable[Message | None]]
+
+
+class Router:
+    """A `Handler` that calls the function registered for the message's type.
+
+    >>> router = Router()
+    >>> @router.route("echo")
+    ... async def echo(peer_id: str, message: Message) -> Message:
+    ...     return Message("echo", message.fields, message.tensors)
+    """
+
+    def __init__(self) -> None:
+        self._routes: dict[str, Route] = {}
+
+    def route(self, message_type: str) -> Callable[[Route], Route]:
+        if message_type.startswith("_"):
+            raise ValueError("types starting with '_' are reserved for the data plane")
+
+        def register(function: Route) -> Route:
+            if message_type in self._routes:
+                raise ValueError(f"a route for {message_type!r} exists already")
+            self._routes[message_type] = function
+            return function
+
+        return register
+
+    @property
+    def types(self) -> frozenset[str]:
+        return frozenset(self._routes)
+
+    async def __call__(self, peer_id: str, message: Message) -> Message | None:
+        function = self._routes.get(message.type)
+        if function is None:
+            raise ProtocolError(f"unknown message type {message.type!r}", ErrorCode.UNKNOWN_TYPE)
+        return await function(peer_id, message)
