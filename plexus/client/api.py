@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 Messages = Sequence[dict[str, str]]
 DEFAULT_MAX_LENGTH = 2048
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
 class AsyncClient:
@@ -63,8 +64,11 @@ class AsyncClient:
         data_dir: str | Path | None = None,
         identity_file: str | Path | None = None,
         listen_host: str = "127.0.0.1",
+        block_servers: Sequence[str] = (),
     ) -> AsyncIterator[AsyncClient]:
-        """Join the swarm through `initial_peers` and load the model's head and tokenizer."""
+        """Join the swarm through `initial_peers` and load the model's head and tokenizer.
+
+        `block_servers` are peer ids never to route through."""
         if not initial_peers:
             raise ConfigError("initial_peers is empty: give at least one peer's multiaddr")
         data = Path(data_dir) if data_dir else default_data_dir()
@@ -74,11 +78,14 @@ class AsyncClient:
         files = open_model(model, data)
         head = await trio.to_thread.run_sync(lambda: load_head(files, progress=False))
         tokenizer = await trio.to_thread.run_sync(lambda: load_tokenizer(files))
+        if tokenizer is None:
+            log.warning("%s has no tokenizer: only token-id generation is available", model)
         async with (
             DHTNode.open(identity, listen_host, 0, list(initial_peers)) as node,
             ConnectionPool.open(identity) as pool,
         ):
             swarm = SwarmView(node, pool, files.model_id)
+            swarm.blocked.update(block_servers)
             yield cls(files, head, tokenizer, swarm)
 
     # -- building prompts ----------------------------------------------------------------
@@ -86,6 +93,8 @@ class AsyncClient:
         """Token ids [1, T] of a plain prompt, or of chat messages via the chat template."""
         if (prompt is None) == (messages is None):
             raise ConfigError("give exactly one of prompt or messages")
+        if self.tokenizer is None:
+            raise ConfigError(f"{self.files.ref} has no tokenizer; use generate_ids()")
         if messages is not None:
             text = self.tokenizer.apply_chat_template(
                 list(messages), add_generation_prompt=True, tokenize=False
@@ -98,13 +107,15 @@ class AsyncClient:
         return torch.tensor([ids], dtype=torch.long)
 
     def decode(self, ids: list[int]) -> str:
+        if self.tokenizer is None:
+            return ""
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     @property
     def eos_token_ids(self) -> list[int]:
         eos = self.files.config.eos_token_id
         ids = eos if isinstance(eos, list) else [eos] if eos is not None else []
-        if self.tokenizer.eos_token_id is not None:
+        if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
             ids.append(self.tokenizer.eos_token_id)
         return sorted(set(ids))
 
@@ -135,10 +146,43 @@ class AsyncClient:
         on_token: Callable[[int], object] | None = None,
     ) -> Generation:
         """Generate a completion of `prompt`, or an assistant reply to chat `messages`."""
+        return await self.generate_ids(
+            self.encode(prompt, messages),
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            repetition_penalty=repetition_penalty,
+            seed=seed,
+            stop=stop,
+            on_text=on_text,
+            on_token=on_token,
+        )
+
+    async def generate_ids(
+        self,
+        input_ids: torch.Tensor | Sequence[int],
+        *,
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        repetition_penalty: float = 1.0,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+        on_text: Callable[[str], object] | None = None,
+        on_token: Callable[[int], object] | None = None,
+        session: InferenceSession | None = None,
+        eos: bool = True,
+    ) -> Generation:
+        """Generate after token ids (no tokenizer needed). `session`: an open session to
+        use (and leave open); `eos=False` ignores end-of-sequence tokens."""
         if max_new_tokens < 1:
             raise ConfigError("max_new_tokens must be at least 1")
-        ids = self.encode(prompt, messages)
-        session = await self.open_session(ids.shape[1] + max_new_tokens)
+        ids = torch.as_tensor(input_ids, dtype=torch.long).reshape(1, -1)
+        own_session = session is None
+        if session is None:
+            session = await self.open_session(ids.shape[1] + max_new_tokens)
         self._live_sessions.append(session)
         try:
             result = await generate_tokens(
@@ -147,16 +191,17 @@ class AsyncClient:
                 ids,
                 max_new_tokens=max_new_tokens,
                 sampling=SamplingParams(temperature, top_k, top_p, repetition_penalty, seed),
-                eos_token_ids=self.eos_token_ids,
-                decode=self.decode,
+                eos_token_ids=self.eos_token_ids if eos else (),
+                decode=self.decode if self.tokenizer is not None else None,
                 stop=stop,
                 on_text=on_text,
                 on_token=on_token,
             )
         finally:
             self._live_sessions.remove(session)
-            with trio.CancelScope(shield=True):
-                await session.close()
+            if own_session:
+                with trio.CancelScope(shield=True):
+                    await session.close()
         self.last_route = result.route
         return result
 
@@ -251,7 +296,8 @@ class AsyncChat:
             self._session = None
 
 
-def load_tokenizer(files: ModelFiles) -> Any:
+def load_tokenizer(files: ModelFiles) -> Any | None:
+    """The model's tokenizer, or None when its folder has none."""
     from transformers import AutoTokenizer
 
     if files.repo_id:
@@ -270,8 +316,9 @@ def load_tokenizer(files: ModelFiles) -> Any:
                 "merges.txt",
             ],
         )
-    tokenizer = AutoTokenizer.from_pretrained(files.folder)
-    return tokenizer
+    if not any((files.folder / name).exists() for name in TOKENIZER_FILES):
+        return None
+    return AutoTokenizer.from_pretrained(files.folder)
 
 
 __all__ = ["AsyncChat", "AsyncClient", "Generation", "NetworkError"]

@@ -50,6 +50,7 @@ class SwarmView:
         self._backoff: dict[str, tuple[float, float]] = {}  # peer -> (until, last length)
         self._refreshed = 0.0
         self.reputation: dict[str, float] = {}
+        self.blocked: set[str] = set()  # servers the user never wants to use
 
     async def refresh(self, force: bool = False) -> None:
         if not force and time.monotonic() - self._refreshed < REFRESH_S and self.servers:
@@ -79,4 +80,4 @@ class SwarmView:
 
     def backed_off(self) -> set[str]:
         now = time.monotonic()
-        return {p for p, (until, _) in self._backoff.items() if until > now}
+        return self.blocked | {p for p, (until, _) in self._backoff.items() if until > now}

@@ -1,0 +1,126 @@
+"""Generation through server processes equals transformers' generate(), with failover."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+import trio
+from transformers import AutoModelForCausalLM
+
+from plexus.client import AsyncClient
+from plexus.local_swarm import LocalSwarm, PeerProcess
+from tests.e2e.helpers import start_servers, wait_for_servers
+
+pytestmark = pytest.mark.slow
+NEW_TOKENS = 16
+
+
+def reference(folder: Path, prompt: list[int], new_tokens: int) -> list[int]:
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    ids = torch.tensor([prompt])
+    out = model.generate(
+        ids,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
+    return out[0, len(prompt) :].tolist()
+
+
+async def generate_via(
+    boot: str,
+    folder: Path,
+    data_dir: Path,
+    prompt: list[int],
+    servers: int,
+    blocked: list[str],
+) -> tuple[list[int], list[dict]]:
+    async with AsyncClient.connect(
+        str(folder), initial_peers=[boot], data_dir=data_dir, block_servers=blocked
+    ) as client:
+        await wait_for_servers(client, servers)
+        result = await client.generate_ids(prompt, max_new_tokens=NEW_TOKENS, eos=False)
+        return result.token_ids, result.route
+
+
+@pytest.mark.parametrize("family", ["tiny", "llama", "mistral", "qwen2"])
+def test_two_and_three_servers_equal_generate(
+    local_swarm: LocalSwarm, model_dirs: dict[str, Path], tmp_path: Path, family: str
+) -> None:
+    folder = model_dirs[family]
+    n = AutoModelForCausalLM.from_pretrained(folder).config.num_hidden_layers
+    two = [f"0-{n // 2 - 1}", f"{n // 2}-{n - 1}"]
+    a, b = n // 3, 2 * n // 3
+    three = [f"0-{a - 1}", f"{a}-{b - 1}", f"{b}-{n - 1}"]
+    procs = start_servers(local_swarm, str(folder), two + three)
+    two_ids = [p.peer_id for p in procs[:2]]
+    three_ids = [p.peer_id for p in procs[2:]]
+    prompt = torch.randint(3, 90, (9,), generator=torch.Generator().manual_seed(7)).tolist()
+    expected = reference(folder, prompt, NEW_TOKENS)
+    assert len(set(expected)) > 2
+    boot = local_swarm.initial_peers[0]
+    for use, avoid in ((two_ids, three_ids), (three_ids, two_ids)):
+        tokens, route = trio.run(
+            generate_via, boot, folder, tmp_path / "client", prompt, len(procs), avoid
+        )
+        assert [h["peer_id"] for h in route] == use
+        assert tokens == expected
+
+
+def _victim(route: list[dict], servers: list[PeerProcess], block: int) -> PeerProcess:
+    peer = next(h["peer_id"] for h in route if h["start"] <= block <= h["end"])
+    return next(s for s in servers if s.peer_id == peer)
+
+
+async def _failover_run(
+    boot: str,
+    folder: Path,
+    data_dir: Path,
+    prompt: list[int],
+    servers: list[PeerProcess],
+    when: str,
+) -> tuple[list[int], int, str]:
+    async with AsyncClient.connect(str(folder), initial_peers=[boot], data_dir=data_dir) as c:
+        await wait_for_servers(c, len(servers))
+        session = await c.open_session(len(prompt) + NEW_TOKENS)
+        killed: list[PeerProcess] = []
+        if when == "prefill":  # the server dies after the session opened, before prefill
+            killed.append(_victim(session.route, servers, 5))
+            killed[0].signal(signal.SIGKILL)
+            killed[0].wait(10)
+
+        def on_token(_: int) -> None:
+            if when == "decode" and len(seen) == 5 and not killed:
+                killed.append(_victim(session.route, servers, 5))
+                killed[0].signal(signal.SIGKILL)
+                killed[0].wait(10)
+            seen.append(_)
+
+        seen: list[int] = []
+        result = await c.generate_ids(
+            prompt, max_new_tokens=NEW_TOKENS, eos=False, session=session, on_token=on_token
+        )
+        await session.close()
+        replacement = _victim(result.route, servers, 5)
+        assert replacement is not killed[0]
+        return result.token_ids, result.failovers, killed[0].peer_id
+
+
+@pytest.mark.parametrize("when", ["prefill", "decode"])
+def test_sigkill_mid_generation_does_not_change_the_output(
+    local_swarm: LocalSwarm, model_dirs: dict[str, Path], tmp_path: Path, when: str
+) -> None:
+    folder = model_dirs["tiny"]
+    servers = start_servers(local_swarm, str(folder), ["0-3", "4-7", "4-7"])
+    prompt = list(b"Plexus keeps going")
+    expected = reference(folder, prompt, NEW_TOKENS)
+    tokens, failovers, _ = trio.run(
+        _failover_run, local_swarm.initial_peers[0], folder, tmp_path / "c", prompt, servers, when
+    )
+    assert failovers >= 1
+    assert tokens == expected
