@@ -9,8 +9,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import pkgutil
 import sys
+
+# OpenMP worker threads spin for a while after each parallel region; in a swarm of
+# processes on one machine they would steal the cores of whichever process computes
+# next. Make idle workers sleep (read by libgomp when torch is first imported).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from plexus import __version__
 from plexus.errors import PlexusError
