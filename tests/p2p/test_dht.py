@@ -1,0 +1,206 @@
+"""DHT nodes in one process, talking over real sockets on 127.0.0.1: announce, find,
+withdraw, and storing nodes refusing bad records."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import replace
+
+import pytest
+import trio
+from libp2p.records.record import make_signed_put_record
+
+from plexus.errors import RecordError
+from plexus.identity import Identity
+from plexus.p2p.dht import DHTConfig, DHTNode
+from plexus.p2p.hygiene import prune
+from plexus.p2p.keys import provider_keys, record_key
+from plexus.p2p.records import (
+    CLOCK_SKEW,
+    MAX_RECORD_SIZE,
+    SIGNATURE_DOMAIN,
+    ServerRecord,
+    encode_payload,
+    make_record,
+    sign_record,
+)
+
+MODEL = "sha256:" + "cd" * 32
+FAST = DHTConfig(rpc_timeout=3.0, operation_timeout=10.0, connect_timeout=3.0)
+
+
+def record_for(identity: Identity, start: int = 0, end: int = 3, ttl: float = 30) -> ServerRecord:
+    return make_record(
+        identity,
+        model_id=MODEL,
+        start=start,
+        end=end,
+        throughput=50.0,
+        free_cache_tokens=2048,
+        dtype="float32",
+        data_addr="127.0.0.1:9",
+        ttl=ttl,
+    )
+
+
+@asynccontextmanager
+async def network(size: int, config: DHTConfig = FAST) -> AsyncIterator[list[DHTNode]]:
+    """A bootstrap node plus `size - 1` nodes joined through it."""
+    async with AsyncExitStack() as stack:
+        boot = await stack.enter_async_context(DHTNode.open(Identity.generate(), config=config))
+        nodes = [boot]
+        for _ in range(size - 1):
+            nodes.append(
+                await stack.enter_async_context(
+                    DHTNode.open(Identity.generate(), initial_peers=boot.multiaddrs, config=config)
+                )
+            )
+        yield nodes
+
+
+def envelope_of(identity: Identity, payload: bytes) -> bytes:
+    signature = identity.sign(SIGNATURE_DOMAIN + payload)
+    return b"PXR\x01" + identity.public_key_bytes + signature + payload
+
+
+async def test_announce_find_withdraw() -> None:
+    with trio.fail_after(40):
+        async with network(4) as (boot, a, b, c):
+            assert boot.multiaddrs[0].startswith("/ip4/127.0.0.1/tcp/")
+            assert boot.multiaddrs[0].endswith(f"/p2p/{boot.peer_id}")
+            done = await a.announce(record_for(a.identity, 0, 3))
+            assert done.stored == 3 and done.providing >= 1
+            await b.announce(record_for(b.identity, 4, 7))
+
+            found = await c.find_servers(MODEL)
+            assert [(r.peer_id, r.start, r.end) for r in found] == [
+                (a.peer_id, 0, 3),
+                (b.peer_id, 4, 7),
+            ]
+            assert await c.find_servers("sha256:other") == []
+
+            # A newer announce replaces the older record everywhere.
+            await a.announce(record_for(a.identity, 0, 5))
+            found = await c.find_servers(MODEL)
+            assert {(r.peer_id, r.end) for r in found} == {(a.peer_id, 5), (b.peer_id, 7)}
+
+            assert await a.withdraw() >= 1
+            found = await c.find_servers(MODEL)
+            assert [r.peer_id for r in found] == [b.peer_id]
+            assert await c.get_record(a.peer_id) is None
+            assert (await c.get_record(b.peer_id)).end == 7  # type: ignore[union-attr]
+
+
+async def test_expired_record_is_not_returned() -> None:
+    with trio.fail_after(40):
+        async with network(3) as (_, a, b):
+            await a.announce(record_for(a.identity, ttl=1.5))
+            assert [r.peer_id for r in await b.find_servers(MODEL)] == [a.peer_id]
+            await trio.sleep(1.6)
+            assert await b.find_servers(MODEL) == []
+
+
+async def test_storing_nodes_refuse_bad_records() -> None:
+    with trio.fail_after(40):
+        async with network(2) as (boot, a):
+            target = boot.host.get_id()
+            key = record_key(a.peer_id)
+            key_bytes = key.encode()
+            mallory = Identity.generate()
+            good = record_for(a.identity)
+            valid = sign_record(good, a.identity)
+            bad = {
+                "forged": envelope_of(mallory, encode_payload(good)),
+                "tampered": valid.replace(b'"end":3', b'"end":9'),
+                "expired": sign_record(
+                    replace(good, expires_at=time.time() - CLOCK_SKEW - 5), a.identity
+                ),
+                "oversized": envelope_of(
+                    a.identity,
+                    encode_payload(replace(good, extra={"pad": "x" * MAX_RECORD_SIZE})),
+                ),
+                "unsigned": encode_payload(good),
+                "other peer's key": sign_record(record_for(mallory), mallory),
+            }
+            for name, blob in bad.items():
+                assert not await a.rpc.put_value(target, key_bytes, blob), name
+                assert boot.dht.value_store.get(key_bytes) is None, name
+            # Namespaces other than /plexus/ are refused too (strict validation).
+            assert not await a.rpc.put_value(target, b"/pk/anything", b"x")
+            assert not await a.rpc.put_value(target, b"/other/key", valid)
+
+            assert await a.rpc.put_value(target, key_bytes, valid)
+            assert boot.dht.value_store.get(key_bytes).value == valid  # type: ignore[union-attr]
+            # An older record cannot replace a newer one.
+            older = sign_record(replace(good, seq=good.seq - 1), a.identity)
+            assert not await a.rpc.put_value(target, key_bytes, older)
+            assert boot.dht.value_store.get(key_bytes).value == valid  # type: ignore[union-attr]
+
+
+async def test_readers_reject_bad_records_that_reach_them() -> None:
+    """Storing nodes that skip validation cannot make a client accept a bad record."""
+    with trio.fail_after(40):
+        async with network(3) as (boot, a, b):
+            await a.announce(record_for(a.identity, 0, 3))
+            key = record_key(a.peer_id).encode()
+            valid = boot.dht.value_store.get(key).value  # type: ignore[union-attr]
+            tampered = valid.replace(b'"end":3', b'"end":9')
+            assert tampered != valid
+            # Every copy but the reader's is now tampered, by storing nodes that sign the
+            # libp2p-level put record themselves (so py-libp2p's own check passes).
+            for node in (boot, a):
+                node.dht.value_store.put_record(
+                    key, make_signed_put_record(key, tampered, node.host.get_private_key())
+                )
+            b.dht.value_store.remove(key)
+            assert await b.get_record(a.peer_id) is None
+            assert await b.find_servers(MODEL) == []
+
+
+async def test_announce_refuses_a_record_of_another_peer() -> None:
+    async with network(1) as (node,):
+        with pytest.raises(RecordError):
+            await node.announce(record_for(Identity.generate()))
+
+
+async def test_prune_drops_expired_records_and_stale_providers() -> None:
+    with trio.fail_after(40):
+        async with network(2) as (boot, a):
+            await a.announce(record_for(a.identity, ttl=5))
+            key = record_key(a.peer_id).encode()
+            assert boot.dht.value_store.get(key) is not None
+            assert any(boot.dht.provider_store.get_providers(k) for k in provider_keys(MODEL))
+            ttl = FAST.provider_ttl
+            assert prune(boot.dht, now=time.time() + 1, provider_ttl=ttl) == (0, 0)
+            assert boot.dht.value_store.get(key) is not None
+            later = time.time() + 5 + CLOCK_SKEW + 1
+            assert prune(boot.dht, now=later, provider_ttl=ttl) == (1, 0)
+            assert boot.dht.value_store.get(key) is None
+            assert prune(boot.dht, now=time.time() + ttl + 1, provider_ttl=ttl) == (0, 1)
+            assert not any(boot.dht.provider_store.get_providers(k) for k in provider_keys(MODEL))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_node_started_before_its_bootstrap_joins_later() -> None:
+    """The first dial fails (nothing listens yet); maintenance redials once it is up,
+    past py-libp2p's 60 s negative dial cache."""
+    config = replace(FAST, maintenance_period=0.3)
+    boot_identity = Identity.generate()
+    port = free_port()
+    boot_addr = f"/ip4/127.0.0.1/tcp/{port}/p2p/{boot_identity.peer_id_str}"
+    with trio.fail_after(30):
+        async with DHTNode.open(Identity.generate(), initial_peers=[boot_addr], config=config) as a:
+            assert a.connected_peers() == []
+            async with DHTNode.open(boot_identity, port=port, config=config) as boot:
+                while boot.peer_id not in a.connected_peers():
+                    await trio.sleep(0.1)
+                await a.announce(record_for(a.identity))
+                assert [r.peer_id for r in await boot.find_servers(MODEL)] == [a.peer_id]
