@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from plexus.p2p.peers_list import default_peers
 from plexus.paths import default_data_dir
 
 
@@ -36,17 +37,21 @@ def add_initial_peers(parser: argparse.ArgumentParser) -> None:
         metavar="ADDR",
         default=None,
         help="multiaddrs of peers to join through, e.g. /ip4/1.2.3.4/tcp/31337/p2p/12D3KooW... "
-        "(env PLEXUS_INITIAL_PEERS, separated by spaces or commas)",
+        "(env PLEXUS_INITIAL_PEERS, separated by spaces or commas; default: the peers-list "
+        "file DATA_DIR/peers.txt, else the list packaged with Plexus)",
     )
 
 
 def initial_peers(args: argparse.Namespace) -> list[str]:
-    """Peers from --initial-peers, else from $PLEXUS_INITIAL_PEERS."""
+    """Peers from --initial-peers, else $PLEXUS_INITIAL_PEERS (set but blank: none), else
+    the peers-list file <data-dir>/peers.txt, else the list packaged with Plexus."""
     chosen = getattr(args, "initial_peers", None)
     if chosen:
         return [p for item in chosen for p in item.replace(",", " ").split() if p]
-    env = os.environ.get("PLEXUS_INITIAL_PEERS", "")
-    return [p for p in env.replace(",", " ").split() if p]
+    env = os.environ.get("PLEXUS_INITIAL_PEERS")
+    if env is not None:
+        return [p for p in env.replace(",", " ").split() if p]
+    return default_peers(data_dir(args))
 
 
 def add_json(parser: argparse.ArgumentParser) -> None:
