@@ -13,7 +13,34 @@ from plexus.errors import (
 
 __version__ = "0.1.0"
 
-__all__ = [
+
+def __getattr__(name: str) -> object:
+    # The client pulls in torch and libp2p: import it only when it is asked for.
+    if name in (
+        "AsyncClient",
+        "Client",
+        "AsyncChat",
+        "Chat",
+        "Generation",
+        "SamplingParams",
+        "MissingBlocksError",
+        "RouteError",
+    ):
+        import plexus.client
+
+        return getattr(plexus.client, name)
+    raise AttributeError(f"module 'plexus' has no attribute {name!r}")
+
+
+__all__ = [  # noqa: RUF022  (the client names are loaded lazily)
+    "AsyncChat",
+    "AsyncClient",
+    "Chat",
+    "Client",
+    "Generation",
+    "MissingBlocksError",
+    "RouteError",
+    "SamplingParams",
     "ConfigError",
     "ModelError",
     "NetworkError",

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 import trio
 
-from plexus.client.planner import Hop, plan_route
+from plexus.client.planner import Hop, MissingBlocksError, plan_route
 from plexus.client.swarm import SwarmView
 from plexus.errors import NetworkError, PlexusError
 from plexus.p2p.dataplane import Message
@@ -26,6 +26,7 @@ FIRST_STEP_TIMEOUT_S = 60.0  # before any step time was measured
 MIN_STEP_TIMEOUT_S = 3.0
 TIMEOUT_FACTOR = 20.0  # a step may take this many times its expected duration
 MAX_RECOVERY_ATTEMPTS = 6
+LOOKUP_RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0)
 
 
 class RouteError(PlexusError):
@@ -92,6 +93,16 @@ class InferenceSession:
 
     async def open(self) -> None:
         await self.swarm.refresh()
+        # DHT lookups can miss servers (a lookup racing an announcement, peers churning):
+        # look again a few times before declaring blocks missing.
+        for delay in LOOKUP_RETRY_DELAYS_S:
+            try:
+                self.hops = await self._open_route(0, self.num_blocks - 1)
+                return
+            except MissingBlocksError as exc:
+                log.info("%s; looking again in %.1f s", exc, delay)
+                await trio.sleep(delay)
+                await self.swarm.refresh(force=True)
         self.hops = await self._open_route(0, self.num_blocks - 1)
 
     async def step(self, hidden: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

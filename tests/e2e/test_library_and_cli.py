@@ -1,0 +1,78 @@
+"""The documented examples and `plexus chat --json` against a real local swarm."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from plexus.local_swarm import LocalSwarm
+from tests.e2e.helpers import start_servers
+
+pytestmark = pytest.mark.slow
+EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples"
+
+
+def run(args: list[str], swarm: LocalSwarm, data_dir: Path) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "PLEXUS_INITIAL_PEERS": " ".join(swarm.initial_peers),
+        "PLEXUS_DATA_DIR": str(data_dir),
+    }
+    return subprocess.run(args, capture_output=True, text=True, timeout=180, env=env, check=False)
+
+
+def test_examples_and_chat_cli(local_swarm: LocalSwarm, tmp_path: Path) -> None:
+    start_servers(local_swarm, "plexus-tiny", ["0-4", "5-7"])
+    done = run([sys.executable, str(EXAMPLES / "sync_generate.py")], local_swarm, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "blocks 0-4 on" in done.stdout and "blocks 5-7 on" in done.stdout
+    assert "tokens/s" in done.stdout
+
+    done = run([sys.executable, str(EXAMPLES / "async_chat.py")], local_swarm, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("assistant:") == 2
+    assert "refused: the prompt is empty" in done.stdout
+
+    done = run(
+        [
+            sys.executable,
+            "-m",
+            "plexus",
+            "chat",
+            "--prompt",
+            "hi",
+            "--json",
+            "--max-new-tokens",
+            "7",
+        ],
+        local_swarm,
+        tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    assert len(report["token_ids"]) <= 7
+    assert {"text", "token_ids", "route", "tokens_per_s"} <= report.keys()
+    assert [(h["start"], h["end"]) for h in report["route"]] == [(0, 4), (5, 7)]
+
+    chat = subprocess.run(
+        [sys.executable, "-m", "plexus", "chat", "--max-new-tokens", "4"],
+        input="hello\n/reset\nhello again\n/quit\n",
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={
+            **os.environ,
+            "PLEXUS_INITIAL_PEERS": local_swarm.initial_peers[0],
+            "PLEXUS_DATA_DIR": str(tmp_path),
+        },
+        check=False,
+    )
+    assert chat.returncode == 0, chat.stderr[-3000:]
+    assert chat.stdout.count("model> ") == 2
+    assert "(conversation forgotten)" in chat.stderr
+    assert chat.stderr.count("tokens/s") == 2
