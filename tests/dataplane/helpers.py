@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -17,7 +16,9 @@ import trio
 import trio.testing
 
 from plexus.identity import Identity
+from plexus.p2p.dataplane.aead import TAG_BYTES, DirectionalCipher
 from plexus.p2p.dataplane.connection import Connection, Handler
+from plexus.p2p.dataplane.errors import ConnectionClosed, HandshakeError
 from plexus.p2p.dataplane.framing import FramedChannel
 from plexus.p2p.dataplane.handshake import client_handshake
 from plexus.p2p.dataplane.limits import Limits
@@ -130,50 +131,67 @@ class RawClient:
     `Connection`, so tests can send what a correct peer never would.
     """
 
-    def __init__(self, tcp: trio.SocketStream, channel: FramedChannel, limits: Limits) -> None:
+    def __init__(
+        self,
+        tcp: trio.SocketStream,
+        channel: FramedChannel,
+        sender: DirectionalCipher,
+        limits: Limits,
+    ) -> None:
         self.tcp = tcp
         self.channel = channel
+        self.sender = sender  # the channel's own cipher: frames sealed here stay in sequence
         self.limits = limits
 
     @classmethod
     @asynccontextmanager
     async def connect(
-        cls, address: tuple[str, int], peer_id: str, limits: Limits | None = None
+        cls,
+        address: tuple[str, int],
+        peer_id: str,
+        limits: Limits | None = None,
+        *,
+        attempts: int = 3,
     ) -> AsyncIterator[RawClient]:
+        """Handshake and exchange `_hello`s; retried, since a server under attack with a
+        short handshake timeout may drop an honest but slow handshake too."""
         limits = limits or Limits()
-        tcp = await trio.open_tcp_stream(*address)
-        stream = SocketByteStream(tcp)
+        for attempt in range(attempts):
+            tcp = await trio.open_tcp_stream(*address)
+            stream = SocketByteStream(tcp)
+            try:
+                with trio.fail_after(10):
+                    receiver = BufferedReceiver(stream)
+                    keys = await client_handshake(stream, receiver, new_identity(), peer_id, 10)
+                    channel = FramedChannel(stream, receiver, keys.sender, keys.receiver, limits)
+                    fields = {"max_frame": limits.max_frame}
+                    hello = encode_message(Message("_hello", fields), Kind.CONTROL, 0)
+                    await channel.send_message(hello.parts, hello.nbytes)
+                    data = await channel.receive_message(10)
+                    if data is None or decode_message(data, limits).type != "_hello":
+                        raise ConnectionClosed("no _hello from the server")
+                break
+            except (ConnectionClosed, HandshakeError):
+                await stream.aclose()
+                if attempt == attempts - 1:
+                    raise
         try:
-            with trio.fail_after(10):
-                receiver = BufferedReceiver(stream)
-                keys = await client_handshake(stream, receiver, new_identity(), peer_id, 10)
-                channel = FramedChannel(stream, receiver, keys.sender, keys.receiver, limits)
-                hello = encode_message(
-                    Message("_hello", {"max_frame": limits.max_frame}), Kind.CONTROL, 0
-                )
-                await channel.send_message(hello.parts, hello.nbytes)
-                data = await channel.receive_message(10)
-                assert data is not None
-                assert decode_message(data, limits).type == "_hello"
-            yield cls(tcp, channel, limits)
+            yield cls(tcp, channel, keys.sender, limits)
         finally:
             await stream.aclose()
 
     async def send_payload(self, payload: bytes) -> None:
         await self.channel.send_message([payload], len(payload))
 
+    async def send_frame(self, payload: bytes, flags: int = 0) -> None:
+        """One correctly sealed frame whose header word has `flags` (MORE, RESERVED) set."""
+        word = (flags | (len(payload) + TAG_BYTES)).to_bytes(4, "big")
+        frame = bytearray(payload) + bytearray(TAG_BYTES)
+        self.sender.seal_in_place(memoryview(frame), len(payload), word)
+        await self.tcp.send_all(word + frame)
+
     async def receive(self, timeout: float = 10) -> Message | None:
         """The next message from the server, or None once it closed the connection."""
         with trio.fail_after(timeout):
             data = await self.channel.receive_message(timeout)
         return None if data is None else decode_message(data, self.limits)
-
-
-def wait_for(predicate, timeout: float, interval: float = 0.05) -> bool:
-    """Poll a synchronous predicate (for use from sync code)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()

@@ -10,14 +10,19 @@ serves until killed. Message types:
   sleep   -> waits fields["seconds"] (at most 60), replies "slept"
   fail    -> raises RuntimeError (answered INTERNAL)
   refuse  -> raises ProtocolError(fields["message"], fields["code"])
-  stats   -> {"rss_kib", "connections", "sockets", "handshakes_failed"}
+  stats   -> {"rss_kib", "connections", "sockets", "handshakes_failed"}; with fields
+             {"trim": true} first collects garbage and returns freed heap to the OS
+             (malloc_trim), so RSS measures live memory rather than allocator caches
   discard -> one-way sink: counts bytes; reply {"count", "bytes"} on "discarded"
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import functools
+import gc
 import json
 import os
 import sys
@@ -39,6 +44,13 @@ def rss_kib(pid: int | str = "self") -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise RuntimeError("no VmRSS in /proc status")
+
+
+def trim_heap() -> None:
+    """Collect garbage and give freed malloc memory back to the OS (glibc only)."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: RSS keeps its caches
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def build_router(server_box: list[DataplaneServer]) -> Router:
@@ -85,6 +97,8 @@ def build_router(server_box: list[DataplaneServer]) -> Router:
     @router.route("stats")
     async def stats(peer_id: str, message: Message) -> Message:
         server = server_box[0]
+        if message.fields.get("trim"):
+            trim_heap()
         return Message(
             "stats",
             {
@@ -110,6 +124,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-in-flight", type=int, default=64)
     parser.add_argument("--max-connections", type=int, default=512)
     parser.add_argument("--max-message", type=int, default=Limits.max_message)
+    parser.add_argument("--max-buffered", type=int, default=Limits.max_buffered)
     return parser.parse_args(argv)
 
 
@@ -123,6 +138,7 @@ async def run(args: argparse.Namespace) -> None:
         max_in_flight=args.max_in_flight,
         max_connections=args.max_connections,
         max_message=args.max_message,
+        max_buffered=args.max_buffered,
     )
     box: list[DataplaneServer] = []
     router = build_router(box)

@@ -145,23 +145,22 @@ def decode_message(data: memoryview, limits: Limits) -> Message:
     """
     header, offset = _parse_header(data, limits)
     request_id = header.get("id")
-    if not isinstance(request_id, int) or isinstance(request_id, bool):
-        raise WireError("header id must be an integer")
-    if not 0 <= request_id <= MAX_REQUEST_ID:
-        raise WireError("header id out of range")
-    kind = header.get("k")
-    if not isinstance(kind, int) or isinstance(kind, bool) or kind not in Kind._value2member_map_:
+    if type(request_id) is not int or not 0 <= request_id <= MAX_REQUEST_ID:
+        raise WireError("header id must be an integer in [0, 2^53)")
+    raw_kind = header.get("k")
+    kind = _KINDS.get(raw_kind) if type(raw_kind) is int else None
+    if kind is None:
         raise WireError(
-            f"unknown message kind {kind!r}", ErrorCode.UNKNOWN_TYPE, request_id=request_id
+            f"unknown message kind {raw_kind!r}", ErrorCode.UNKNOWN_TYPE, request_id=request_id
         )
     message_type = header.get("t")
-    if not isinstance(message_type, str) or not 0 < len(message_type) <= MAX_TYPE_LENGTH:
+    if type(message_type) is not str or not 0 < len(message_type) <= MAX_TYPE_LENGTH:
         raise WireError("header type must be a 1-64 character string", request_id=request_id)
     fields = header.get("f", {})
-    if not isinstance(fields, dict):
+    if type(fields) is not dict:
         raise WireError("header fields must be an object", request_id=request_id)
     descriptors = header.get("x", [])
-    if not isinstance(descriptors, list):
+    if type(descriptors) is not list:
         raise WireError("header tensor list must be an array", request_id=request_id)
     if len(descriptors) > limits.max_tensors:
         raise WireError(
