@@ -110,6 +110,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 if __name__ == "__main__":
     arguments = parse_args()
-    logging.basicConfig(level=arguments.log_level, stream=sys.stderr)
+    logging.basicConfig(
+        level=arguments.log_level, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s"
+    )
     configure_libp2p_logging(arguments.log_level)
     trio.run(main, arguments)

@@ -28,9 +28,9 @@ def tcp_multiaddr(host: str, port: int) -> Multiaddr:
 
 
 def ensure_port_free(host: str, port: int) -> None:
-    """Raise NetworkError if `host:port` is taken. py-libp2p listens with SO_REUSEPORT,
-    so a second peer on a busy port would silently share it (the kernel splitting the
-    connections between the two) instead of failing."""
+    """Raise NetworkError if `host:port` is taken or `host` is not a local address.
+    py-libp2p listens with SO_REUSEPORT, so a second peer on a busy port would silently
+    share it (the kernel splitting the connections between the two) instead of failing."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -60,7 +60,9 @@ class DHTConfig:
     record_quorum: int = 2
     """A record lookup stops once this many peers returned a valid copy."""
     provider_quorum: int = 3
-    """A provider lookup (per shard) stops once this many peers answered."""
+    """A provider lookup (per shard) stops once this many peers returned providers..."""
+    provider_max_queries: int = 8
+    """... or this many peers were asked."""
     max_queries: int = 20
     """Peers asked at most per lookup."""
     parallel_fetches: int = 8
@@ -136,8 +138,7 @@ class DHTNode:
         config = config or DHTConfig()
         peers = peer_infos(initial_peers)
         listen = tcp_multiaddr(listen_host, port)
-        if port:
-            ensure_port_free(listen_host, port)
+        ensure_port_free(listen_host, port)
         host = new_host(
             key_pair=identity.key_pair,
             # edge 1: one connection per peer, no 250 ms happy-eyeballs wait per dial.
@@ -200,7 +201,10 @@ class DHTNode:
                 except Exception as exc:  # libp2p's dial errors have no common base
                     log.warning("cannot reach initial peer %s: %s", info.peer_id, exc)
                 else:
-                    await self.dht.add_peer(info.peer_id, skip_server_mode_check=True)
+                    try:
+                        await self.dht.add_peer(info.peer_id, skip_server_mode_check=True)
+                    except Exception as exc:  # the routing table's own errors are untyped
+                        log.warning("cannot add initial peer %s: %s", info.peer_id, exc)
                     await self._introduce(info.peer_id)
                     joined.append(info.peer_id)
                     return
@@ -413,6 +417,13 @@ class DHTNode:
             raise NetworkError(f"finding servers of {model_id} timed out") from exc
         now = time.time()
         found = [r for r in records if r.model_id == model_id and r.is_live(now)]
+        log.debug(
+            "%s: %d providers, %d records, %d live",
+            model_id,
+            len(providers),
+            len(records),
+            len(found),
+        )
         return sorted(found, key=lambda r: (r.start, r.end, r.peer_id))
 
     async def get_record(self, peer_id: str) -> ServerRecord | None:
@@ -431,12 +442,20 @@ class DHTNode:
         async def one_shard(key: bytes) -> None:
             found.update(p.peer_id.to_base58() for p in self.dht.provider_store.get_providers(key))
 
-            async def ask(peer: ID) -> tuple[list[str], list[ID]]:
-                # An empty answer counts: the closest peers all holding none means none.
+            async def ask(peer: ID) -> tuple[list[str] | None, list[ID]]:
                 infos, closer = await self.rpc.get_providers(peer, key)
-                return [i.peer_id.to_base58() for i in infos], closer
+                return [i.peer_id.to_base58() for i in infos] or None, closer
 
-            for _, peers in await self._lookup(key, ask, want=self.config.provider_quorum):
+            # An empty shard costs provider_max_queries requests; a peer that joined near
+            # the key after the last registration answers empty, so empty answers do
+            # not count towards the quorum.
+            answers = await self._lookup(
+                key,
+                ask,
+                want=self.config.provider_quorum,
+                max_queries=self.config.provider_max_queries,
+            )
+            for _, peers in answers:
                 found.update(peers)
 
         async with trio.open_nursery() as nursery:
@@ -488,9 +507,11 @@ class DHTNode:
             candidates += [r for _, r in await self._lookup(key, ask, want=quorum)]
         return max(candidates, key=lambda r: r.seq, default=None)
 
-    async def _lookup(self, key: bytes, ask: Query[T], *, want: int) -> list[tuple[ID, T]]:
+    async def _lookup(
+        self, key: bytes, ask: Query[T], *, want: int, max_queries: int | None = None
+    ) -> list[tuple[ID, T]]:
         table = self.dht.routing_table
-        limit = self.config.max_queries
+        limit = max_queries or self.config.max_queries
         result = await iterative_lookup(self.host, table, key, ask, want=want, max_queries=limit)
         return result.answers
 
@@ -515,3 +536,5 @@ def configure_libp2p_logging(level: str) -> None:
     # stderr through logging.lastResort); route them through the application's handlers.
     libp2p_logger.propagate = True
     libp2p_logger.setLevel(logging.DEBUG if level == "DEBUG" else logging.CRITICAL)
+    # Its multiaddr dependency logs every address it parses at DEBUG: never useful.
+    logging.getLogger("multiaddr").setLevel(logging.WARNING)
