@@ -106,8 +106,41 @@ async def test_message_over_the_limit_across_frames_is_fatal() -> None:
     pair = Pair(Limits(send_frame=64 * 1024), Limits(max_message=200_000, max_header=4096))
     async with trio.open_nursery() as nursery:
         nursery.start_soon(pair.a.send_message, [bytes(300_000)], 300_000)
-        await expect_fatal(pair, ErrorCode.TOO_LARGE, "message exceeds")
+        await expect_fatal(pair, ErrorCode.TOO_LARGE, "announces 300000 bytes")
         nursery.cancel_scope.cancel()
+
+
+def announced(total: int, size: int = 64 * 1024) -> bytes:
+    """A first frame's plaintext: the announced message length, then payload."""
+    return total.to_bytes(8, "big") + bytes(size - 8)
+
+
+@pytest.mark.parametrize(
+    ("total", "later", "text"),
+    [
+        (100_000, [(100_000, False)], "more or less"),  # frames carry more than announced
+        (300_000, [(70_000, False)], "more or less"),  # ... or end early
+        (1000, [(70_000, False)], "announces 1000"),  # announcement under the first frame
+    ],
+)
+async def test_multi_frame_messages_must_match_their_announced_length(
+    total: int, later: list[tuple[int, bool]], text: str
+) -> None:
+    pair = Pair()
+    await pair.send_raw_frame(announced(total), more=True)
+    for size, more in later:
+        await pair.send_raw_frame(bytes(size), more=more)
+    await expect_fatal(pair, ErrorCode.MALFORMED, text)
+
+
+async def test_multi_frame_message_assembled_in_place() -> None:
+    pair = Pair()
+    first = announced(64 * 1024 - 8 + 100_000)
+    await pair.send_raw_frame(first, more=True)
+    await pair.send_raw_frame(b"\x01" * 100_000)
+    data = await pair.b.receive_message(5)
+    assert data is not None and len(data) == 64 * 1024 - 8 + 100_000
+    assert bytes(data[-100_000:]) == b"\x01" * 100_000
 
 
 async def test_short_continued_frame_is_fatal() -> None:

@@ -15,6 +15,7 @@ from nacl._sodium import ffi, lib
 from plexus.p2p.dataplane.codes import ErrorCode
 from plexus.p2p.dataplane.errors import WireError
 
+Buffer = bytes | bytearray | memoryview
 KEY_BYTES = 32
 TAG_BYTES = 16
 NONCE_BYTES = 12
@@ -61,6 +62,22 @@ class DirectionalCipher:
         pointer = ffi.from_buffer(frame, require_writable=True)
         rc = lib.crypto_aead_chacha20poly1305_ietf_encrypt(
             pointer, self._length, pointer, plain_len, aad, len(aad), ffi.NULL,
+            self._next_nonce(), self._key,
+        )  # fmt: skip
+        if rc != 0:  # pragma: no cover - libsodium only fails on oversized input
+            raise WireError("encryption failed", ErrorCode.INTERNAL, fatal=True)
+
+    def seal_into(self, out: memoryview, plain: Buffer, aad: bytes) -> None:
+        """Encrypt `plain` into `out` (ciphertext then tag: len(plain) + 16 bytes).
+
+        Saves the copy into the frame buffer when a frame's plaintext is one contiguous
+        slice of a tensor.
+        """
+        if len(out) != len(plain) + TAG_BYTES:
+            raise ValueError("out must be exactly 16 bytes longer than plain")
+        rc = lib.crypto_aead_chacha20poly1305_ietf_encrypt(
+            ffi.from_buffer(out, require_writable=True), self._length,
+            ffi.from_buffer(plain), len(plain), aad, len(aad), ffi.NULL,
             self._next_nonce(), self._key,
         )  # fmt: skip
         if rc != 0:  # pragma: no cover - libsodium only fails on oversized input

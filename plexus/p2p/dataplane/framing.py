@@ -4,11 +4,13 @@ Frame = 4-byte big-endian word | ChaCha20-Poly1305 ciphertext of the payload | 1
 The word holds MORE (bit 31: further frames of this message follow), a reserved bit (30,
 zero) and the ciphertext length including the tag (bits 0-29); it is the AEAD's associated
 data, so flags and length are authenticated too. A frame with MORE carries at least 64 KiB.
+A message in one frame is that frame's plaintext. A message in several frames announces its
+length: the first frame's plaintext starts with it (8 bytes, big-endian), so the receiver
+allocates the message once and decrypts every later frame in place where it belongs.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import trio
@@ -23,6 +25,7 @@ MORE = 1 << 31
 RESERVED = 1 << 30
 LENGTH_MASK = RESERVED - 1
 HEADER_BYTES = 4
+LENGTH_PREFIX_BYTES = 8
 _SCRATCH_BYTES = 64 * 1024  # frames up to this size reuse one buffer per connection
 
 
@@ -73,42 +76,56 @@ class FramedChannel:
         if self._broken is not None:
             raise ConnectionClosed(f"connection is closed ({self._broken})")
         frame_size = min(self.limits.send_frame, self.peer.max_frame)
-        frames = max(1, math.ceil(total / frame_size))
         if self._send_lock.locked():
             await self._send_lock.acquire()
         else:
             self._send_lock.acquire_nowait()  # the common case costs no scheduler pass
         try:
-            buffer = self._scratch
-            if min(total, frame_size) > _SCRATCH_BYTES:
-                buffer = bytearray(min(total, frame_size) + HEADER_BYTES + TAG_BYTES)
-            view = memoryview(buffer)
             source = _Concatenation(parts)
-            for index in range(frames):
-                chunk = min(frame_size, total - index * frame_size)
-                await self._send_frame(view, source, chunk, more=index < frames - 1)
+            needed = HEADER_BYTES + min(total, frame_size) + TAG_BYTES
+            buffer = self._scratch if needed <= len(self._scratch) else bytearray(needed)
+            if total <= frame_size:
+                await self._send_frame(buffer, source, total, b"", more=False)
+                return
+            # A multi-frame message announces its size first, so the receiver can
+            # assemble it in place in one buffer.
+            prefix = total.to_bytes(LENGTH_PREFIX_BYTES, "big")
+            remaining = total
+            chunk = frame_size - LENGTH_PREFIX_BYTES
+            while remaining:
+                chunk = min(chunk, remaining)
+                remaining -= chunk
+                await self._send_frame(buffer, source, chunk, prefix, more=remaining > 0)
+                prefix, chunk = b"", frame_size
         finally:
             self._send_lock.release()
 
     async def _send_frame(
-        self, view: memoryview, source: _Concatenation, chunk: int, more: bool
+        self, buffer: bytearray, source: _Concatenation, chunk: int, prefix: bytes, more: bool
     ) -> None:
-        word = (MORE if more else 0) | (chunk + TAG_BYTES)
+        plain = len(prefix) + chunk
+        end = HEADER_BYTES + plain + TAG_BYTES
+        view = memoryview(buffer)[:end]
+        word = (MORE if more else 0) | (plain + TAG_BYTES)
         header = word.to_bytes(HEADER_BYTES, "big")
         view[:HEADER_BYTES] = header
-        source.copy_into(view[HEADER_BYTES : HEADER_BYTES + chunk])
-        end = HEADER_BYTES + chunk + TAG_BYTES
-        self._seal.seal_in_place(view[HEADER_BYTES:end], chunk, header)
+        contiguous = None if prefix else source.take_contiguous(chunk)
+        if contiguous is not None:  # encrypt straight from the tensor's memory
+            self._seal.seal_into(view[HEADER_BYTES:], contiguous, header)
+        else:
+            view[HEADER_BYTES : HEADER_BYTES + len(prefix)] = prefix
+            source.copy_into(view[HEADER_BYTES + len(prefix) : HEADER_BYTES + plain])
+            self._seal.seal_in_place(view[HEADER_BYTES:], plain, header)
         if self._broken is not None:
             raise ConnectionClosed(f"connection is closed ({self._broken})")
         try:
-            sent = self._stream.send_nowait(view[:end])
+            sent = self._stream.send_nowait(view)
             if sent == end:
                 return
             # A half-sent frame would corrupt the stream: the rest goes out whatever the
             # caller's cancel scopes say, or the connection closes after send_timeout.
             with trio.CancelScope(shield=True), trio.fail_after(self.limits.send_timeout):
-                await self._stream.send_all(view[sent:end])
+                await self._stream.send_all(view[sent:])
         except trio.TooSlowError:
             await self.aclose("peer stopped reading (send timeout)")
             raise ConnectionClosed("peer stopped reading (send timeout)") from None
@@ -125,35 +142,59 @@ class FramedChannel:
         `limits.read_timeout`; see `overdue` for how these are enforced. Problems with the
         frames themselves raise a fatal WireError: the stream cannot be resynchronised.
         """
+        self._at_boundary = True
+        try:
+            header = await self._read_header(idle_timeout, eof_ok=True)
+        finally:
+            self._at_boundary = False
+        if header is None:
+            return None
+        word, more, plain = header
+        self._check_frame(word, plain, more)
+        if plain > self.limits.max_message:
+            raise WireError(
+                f"message exceeds the limit of {self.limits.max_message} bytes",
+                ErrorCode.TOO_LARGE,
+                fatal=True,
+            )
+        frame = bytearray(plain + TAG_BYTES)
+        await self._read_frame(memoryview(frame), word)
+        if not more:
+            return memoryview(frame)[:plain]
+        total = int.from_bytes(frame[:LENGTH_PREFIX_BYTES], "big")
+        first = plain - LENGTH_PREFIX_BYTES
+        if not first < total <= self.limits.max_message:
+            code = ErrorCode.TOO_LARGE if total > self.limits.max_message else ErrorCode.MALFORMED
+            raise WireError(f"multi-frame message announces {total} bytes", code, fatal=True)
+        message = bytearray(total + TAG_BYTES)  # room for the last frame's tag
+        view = memoryview(message)
+        view[:first] = memoryview(frame)[LENGTH_PREFIX_BYTES:plain]
+        del frame
+        filled = first
+        while more:
+            header = await self._read_header(self.limits.read_timeout, eof_ok=False)
+            assert header is not None
+            word, more, plain = header
+            self._check_frame(word, plain, more)
+            if filled + plain > total or (not more and filled + plain != total):
+                raise WireError(
+                    f"frames carry more or less than the announced {total} bytes", fatal=True
+                )
+            # Ciphertext lands where its plaintext belongs; its tag is overwritten next.
+            await self._read_frame(view[filled : filled + plain + TAG_BYTES], word)
+            filled += plain
+        return view[:total]
+
+    async def _read_header(self, timeout: float, *, eof_ok: bool) -> tuple[int, bool, int] | None:
         header = bytearray(HEADER_BYTES)
-        header_view = memoryview(header)
-        chunks: list[memoryview] = []
-        total = 0
-        while True:
-            first = not chunks
-            self._at_boundary = first
-            wait = idle_timeout if first else self.limits.read_timeout
-            try:
-                if not await self._receiver.read_exactly(header_view, wait, eof_ok=first):
-                    return None
-            finally:
-                self._at_boundary = False
-            word = int.from_bytes(header, "big")
-            more = bool(word & MORE)
-            length = word & LENGTH_MASK
-            plain = length - TAG_BYTES
-            self._check_frame(word, plain, total, more)
-            frame = bytearray(length)
-            frame_view = memoryview(frame)
-            await self._receiver.read_exactly(frame_view, self.limits.read_timeout)
-            self._open.open_in_place(frame_view, bytes(header))
-            payload = frame_view[:plain]
-            if not more and not chunks:
-                return payload
-            chunks.append(payload)
-            total += plain
-            if not more:
-                return memoryview(bytearray().join(chunks))
+        if not await self._receiver.read_exactly(memoryview(header), timeout, eof_ok=eof_ok):
+            return None
+        word = int.from_bytes(header, "big")
+        return word, bool(word & MORE), (word & LENGTH_MASK) - TAG_BYTES
+
+    async def _read_frame(self, frame: memoryview, word: int) -> None:
+        await self._receiver.read_exactly(frame, self.limits.read_timeout)
+        self._open.open_in_place(frame, word.to_bytes(HEADER_BYTES, "big"))
 
     def overdue(self, now: float) -> str | None:
         """Whether the receiving side waits past its deadline: None, "idle" (waiting for a
@@ -168,7 +209,7 @@ class FramedChannel:
         """Push the current wait's deadline to `now + seconds`."""
         self._receiver.deadline = now + seconds
 
-    def _check_frame(self, word: int, plain: int, total: int, more: bool) -> None:
+    def _check_frame(self, word: int, plain: int, more: bool) -> None:
         if word & RESERVED:
             raise WireError("frame header has the reserved bit set", fatal=True)
         if plain < 0:
@@ -176,12 +217,6 @@ class FramedChannel:
         if plain > self.limits.max_frame:
             raise WireError(
                 f"frame of {plain} bytes exceeds the limit of {self.limits.max_frame}",
-                ErrorCode.TOO_LARGE,
-                fatal=True,
-            )
-        if total + plain > self.limits.max_message:
-            raise WireError(
-                f"message exceeds the limit of {self.limits.max_message} bytes",
                 ErrorCode.TOO_LARGE,
                 fatal=True,
             )
@@ -199,6 +234,20 @@ class _Concatenation:
         self._parts = [memoryview(part).cast("B") for part in parts if len(part)]
         self._index = 0
         self._offset = 0
+
+    def take_contiguous(self, count: int) -> memoryview | None:
+        """The next `count` bytes if they lie in one part (consuming them), else None."""
+        if self._index >= len(self._parts):
+            return None if count else memoryview(b"")
+        part = self._parts[self._index]
+        if len(part) - self._offset < count:
+            return None
+        view = part[self._offset : self._offset + count]
+        self._offset += count
+        if self._offset == len(part):
+            self._index += 1
+            self._offset = 0
+        return view
 
     def copy_into(self, dest: memoryview) -> None:
         filled = 0
