@@ -14,6 +14,7 @@ from plexus import __version__
 from plexus.p2p.dataplane import Message, Router
 from plexus.server.backend import SpanBackend
 from plexus.server.errors import ServerCode, ServerError
+from plexus.server.verifier import ServerVerifier
 
 
 def _int(fields: dict[str, Any], name: str, low: int = 0, high: int = 2**31) -> int:
@@ -54,12 +55,19 @@ def _hidden_and_mask(message: Message) -> tuple[torch.Tensor, torch.Tensor | Non
 class BlockServerHandlers:
     """Routes `info`, `open`, `step`, `rollback`, `close` and `forward` to a backend."""
 
-    def __init__(self, backend: SpanBackend, model_id: str, info: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        backend: SpanBackend,
+        model_id: str,
+        info: dict[str, Any],
+        verifier: ServerVerifier | None = None,
+    ) -> None:
         self.backend = backend
         self.model_id = model_id
         self.info = info  # static facts: num_blocks, dtype, throughput, ...
+        self.verifier = verifier  # commitments, receipts, injected faults (verification)
         self.router = Router()
-        for name in ("info", "open", "step", "rollback", "close", "forward"):
+        for name in ("info", "open", "step", "rollback", "close", "forward", "receipt"):
             self.router.route(name)(getattr(self, f"on_{name}"))
 
     def _check_model(self, fields: dict[str, Any]) -> None:
@@ -88,13 +96,17 @@ class BlockServerHandlers:
     async def on_open(self, peer_id: str, message: Message) -> Message:
         f = message.fields
         self._check_model(f)
+        start, end = _int(f, "start"), _int(f, "end")
         session = self.backend.open_session(
             peer_id,
-            _int(f, "start"),
-            _int(f, "end"),
+            start,
+            end,
             _int(f, "max_length", 1, 1_000_000),
             _int(f, "batch_size", 1, 1024) if "batch_size" in f else 1,
         )
+        if self.verifier is not None:
+            self.verifier.forget_missing(set(self.backend.sessions))
+            self.verifier.opened(session, start, end)
         return Message("open", {"session_id": session.id})
 
     async def on_step(self, peer_id: str, message: Message) -> Message:
@@ -108,23 +120,52 @@ class BlockServerHandlers:
                 f"{session.model.length}",
             )
         hidden, mask = _hidden_and_mask(message)
+        if self.verifier is not None and "client_sig" in f:
+            await self.verifier.countersigned(peer_id, session.id, f)
         out = await self.backend.step(session, hidden, mask)
-        return Message("step", {"length": session.model.length}, [out])
+        fields: dict[str, Any] = {"length": session.model.length}
+        if self.verifier is not None:
+            out, extra = await self.verifier.step_reply(session, expected, hidden, mask, out)
+            fields.update(extra)
+        return Message("step", fields, [out])
 
     async def on_rollback(self, peer_id: str, message: Message) -> Message:
         f = message.fields
         session = self.backend.get(peer_id, _str(f, "session_id", 64))
         length = _int(f, "length", 0, session.model.length)
         await self.backend.rollback(session, length)
+        if self.verifier is not None:
+            self.verifier.rolled_back(session)
         return Message("rollback", {"length": session.model.length})
 
     async def on_close(self, peer_id: str, message: Message) -> Message:
-        self.backend.close_session(peer_id, _str(message.fields, "session_id", 64))
-        return Message("close", {})
+        session_id = _str(message.fields, "session_id", 64)
+        self.backend.close_session(peer_id, session_id)
+        fields: dict[str, Any] = {}
+        if self.verifier is not None:
+            fields = self.verifier.close_reply(session_id)
+            self.verifier.closed(session_id)
+        return Message("close", fields)
+
+    async def on_receipt(self, peer_id: str, message: Message) -> Message:
+        """The client's countersignature of a receipt sent with a close reply."""
+        if self.verifier is None:
+            raise ServerError(ServerCode.MALFORMED_REQUEST, "this server issues no receipts")
+        f = message.fields
+        stored = await self.verifier.countersigned(peer_id, _str(f, "session_id", 64), f)
+        return Message("receipt", {"stored": stored})
 
     async def on_forward(self, peer_id: str, message: Message) -> Message:
         f = message.fields
         self._check_model(f)
         hidden, mask = _hidden_and_mask(message)
-        out = await self.backend.forward(_int(f, "start"), _int(f, "end"), hidden, mask)
-        return Message("forward", {}, [out])
+        start, end = _int(f, "start"), _int(f, "end")
+        if self.verifier is None:
+            out = await self.backend.forward(start, end, hidden, mask)
+            return Message("forward", {}, [out])
+        self.backend.blocks_for(start, end)  # SPAN_MISMATCH before anything else
+        tokens = hidden.shape[1] if hidden.dim() == 3 else 1
+        commit_from = _int(f, "commit_from", 0, max(0, tokens - 1)) if "commit_from" in f else 0
+        out = await self.backend.forward(start, self.verifier.forward_end(start, end), hidden, mask)
+        out, fields = await self.verifier.forward_reply(start, end, hidden, mask, out, commit_from)
+        return Message("forward", fields, [out])

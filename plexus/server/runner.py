@@ -33,6 +33,7 @@ from plexus.server.backend import SpanBackend
 from plexus.server.handlers import BlockServerHandlers
 from plexus.server.span_choice import Coverage, choose_span, should_move
 from plexus.server.throughput import cached_throughput
+from plexus.server.verifier import ServerVerifier
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,8 @@ class ServeOptions:
     rebalance: bool = True
     json: bool = False
     refresh_throughput: bool = False
+    inject_fault: str | None = None  # TESTING ONLY: plexus.verification.faults
+    ledger_url: str | None = None  # default: sqlite under data_dir
 
 
 def parse_shards(text: str | None) -> tuple[int, int] | None:
@@ -152,10 +155,12 @@ async def serve(opts: ServeOptions, announce_ready: Callable[[dict], None]) -> i
             idle_timeout=opts.idle_timeout,
             device=device,
         )
+        verifier = _make_verifier(opts, identity, model_id, span)
         handlers = BlockServerHandlers(
             backend,
             model_id,
             {"num_blocks": n_layers, "dtype": dtype_name, "throughput": throughput},
+            verifier,
         )
         async with trio.open_nursery() as nursery:
             dataplane = await nursery.start(
@@ -212,6 +217,33 @@ async def serve(opts: ServeOptions, announce_ready: Callable[[dict], None]) -> i
                 await node.withdraw()
             nursery.cancel_scope.cancel()
     return 0
+
+
+def _make_verifier(
+    opts: ServeOptions, identity: Identity, model_id: str, span: torch.nn.Module
+) -> ServerVerifier:
+    """Commitments and receipts (always), the ledger, and an injected fault (tests)."""
+    from ledger import LedgerStore
+    from ledger.engine import sqlite_url
+    from plexus.verification import NETWORK_ID
+    from plexus.verification.faults import Fault
+
+    fault = Fault.parse(opts.inject_fault) if opts.inject_fault else None
+    if fault is not None:
+        banner = "!" * 78
+        log.warning(
+            "\n%s\n!!! TESTING ONLY: --inject-fault %s: this server deliberately returns "
+            "WRONG results\n!!! (or crashes, or stalls). Clients will audit it, convict it and "
+            "publish fraud proofs.\n%s",
+            banner,
+            fault,
+            banner,
+        )
+    url = opts.ledger_url or sqlite_url(opts.data_dir / "ledger.sqlite")
+    ledger = LedgerStore(url, NETWORK_ID)
+    blocks = max(1, int(getattr(span, "num_blocks", 1)))
+    params = sum(p.numel() for p in span.parameters()) // blocks
+    return ServerVerifier(identity, model_id, params_per_block=params, fault=fault, ledger=ledger)
 
 
 async def _announce_loop(

@@ -105,6 +105,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="measure throughput again instead of using the cached figure",
     )
+    parser.add_argument(
+        "--ledger-url",
+        default=None,
+        metavar="URL",
+        help="ledger database for this server's receipts (SQLAlchemy URL, e.g. "
+        "postgresql://user@host/db; default: sqlite at DATA_DIR/ledger.sqlite)",
+    )
+    parser.add_argument(
+        "--inject-fault",
+        default=None,
+        metavar="KIND[:RATE]",
+        help="TESTING ONLY: misbehave on a fraction RATE (default 1) of requests; KIND is "
+        "noise, skip, random, crash or slow (docs/verification.md, 'Fault injection')",
+    )
     options.add_common(parser, network=True, reporting=True)
     parser.set_defaults(func=run)
 
@@ -144,5 +158,11 @@ def run(args: argparse.Namespace) -> int:
         rebalance=not args.no_rebalance,
         json=args.json,
         refresh_throughput=args.refresh_throughput,
+        inject_fault=args.inject_fault,
+        ledger_url=args.ledger_url,
     )
+    if args.inject_fault:
+        from plexus.verification.faults import Fault
+
+        Fault.parse(args.inject_fault)  # a bad value is a usage error before any loading
     return trio.run(serve, opts, lambda info: print_ready(info, args.json))
