@@ -352,15 +352,15 @@ class Connection:
                 with trio.move_on_after(limit) as scope:
                     reply = await self._handler(self.peer_id, message)
         except ProtocolError as exc:
-            return _as_error(exc.code, str(exc))
+            return error_message(exc.code, str(exc))
         except Exception as exc:
             log.exception("handler for %r from %s failed", message.type, self.peer_id)
-            return _as_error(ErrorCode.INTERNAL, f"handler failed: {type(exc).__name__}")
+            return error_message(ErrorCode.INTERNAL, f"handler failed: {type(exc).__name__}")
         if scope.cancelled_caught:
-            return _as_error(ErrorCode.TIMEOUT, f"handler took longer than {limit} s")
+            return error_message(ErrorCode.TIMEOUT, f"handler took longer than {limit} s")
         if message.kind == Kind.REQUEST and not isinstance(reply, Message):
             log.error("handler for %r returned %r, not a Message", message.type, type(reply))
-            return _as_error(ErrorCode.INTERNAL, "handler returned no reply")
+            return error_message(ErrorCode.INTERNAL, "handler returned no reply")
         return reply if isinstance(reply, Message) else Message("_none")
 
     async def _send_reply(self, request_id: int, reply: Message) -> None:
@@ -372,7 +372,7 @@ class Connection:
         except ValueError as exc:
             log.error("cannot send reply to %s: %s", self.peer_id, exc)
             encoded = encode_message(
-                _as_error(ErrorCode.INTERNAL, f"reply could not be encoded: {exc}"),
+                error_message(ErrorCode.INTERNAL, f"reply could not be encoded: {exc}"),
                 Kind.ERROR,
                 request_id,
             )
@@ -387,10 +387,6 @@ class Connection:
     def _fail_waiters(self) -> None:
         for waiter in self._pending.values():
             waiter.event.set()
-
-
-def _as_error(code: int, text: str) -> Message:
-    return error_message(code, text)
 
 
 def _remote_error(reply: Message) -> RemoteError:

@@ -151,7 +151,7 @@ class BufferedReceiver:
 
     YIELD_EVERY = 32
 
-    def __init__(self, stream: ByteStream, staging_size: int = 256 * 1024) -> None:
+    def __init__(self, stream: ByteStream, staging_size: int = 64 * 1024) -> None:
         self._stream = stream
         self._staging = bytearray(staging_size)
         self._view = memoryview(self._staging)
