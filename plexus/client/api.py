@@ -18,6 +18,9 @@ from typing import Any
 import torch
 import trio
 
+from ledger import LedgerStore
+from ledger.engine import sqlite_url
+from plexus.client.audit import Auditor
 from plexus.client.generation import Generation, generate_tokens
 from plexus.client.inference import InferenceSession
 from plexus.client.pool import ConnectionPool
@@ -29,11 +32,19 @@ from plexus.models import ClientHead, load_head, open_model
 from plexus.models.resolve import ModelFiles
 from plexus.p2p.dht import DHTNode
 from plexus.paths import default_data_dir
+from plexus.verification import NETWORK_ID
 
 log = logging.getLogger(__name__)
 
 Messages = Sequence[dict[str, str]]
 DEFAULT_MAX_LENGTH = 2048
+MAX_RECOMPUTE = 3  # times a request is recomputed after failed audits before giving up
+
+
+class VerificationError(NetworkError):
+    """A server failed an audit and the results could not be recomputed elsewhere."""
+
+
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
@@ -41,8 +52,14 @@ class AsyncClient:
     """A connection to a swarm serving one model. Create with `AsyncClient.connect`."""
 
     def __init__(
-        self, files: ModelFiles, head: ClientHead, tokenizer: Any, swarm: SwarmView
+        self,
+        files: ModelFiles,
+        head: ClientHead,
+        tokenizer: Any,
+        swarm: SwarmView,
+        auditor: Auditor | None = None,
     ) -> None:
+        self.auditor = auditor  # commitments, audits, receipts (plexus.client.audit)
         self.files = files
         self.head = head
         self.tokenizer = tokenizer
@@ -65,10 +82,13 @@ class AsyncClient:
         identity_file: str | Path | None = None,
         listen_host: str = "127.0.0.1",
         block_servers: Sequence[str] = (),
+        verify: bool = True,
     ) -> AsyncIterator[AsyncClient]:
         """Join the swarm through `initial_peers` and load the model's head and tokenizer.
 
-        `block_servers` are peer ids never to route through."""
+        `block_servers` are peer ids never to route through. With `verify` (the default)
+        every reply's commitment is checked, servers are audited, receipts countersigned,
+        and the ledger kept at DATA_DIR/ledger.sqlite (docs/verification.md)."""
         if not initial_peers:
             raise ConfigError("initial_peers is empty: give at least one peer's multiaddr")
         data = Path(data_dir) if data_dir else default_data_dir()
@@ -86,7 +106,15 @@ class AsyncClient:
         ):
             swarm = SwarmView(node, pool, files.model_id)
             swarm.blocked.update(block_servers)
-            yield cls(files, head, tokenizer, swarm)
+            if not verify:
+                yield cls(files, head, tokenizer, swarm)
+                return
+            store = await trio.to_thread.run_sync(lambda: open_ledger(data))
+            try:
+                auditor = Auditor(identity, swarm, store)
+                yield cls(files, head, tokenizer, swarm, auditor)
+            finally:
+                store.close()
 
     # -- building prompts ----------------------------------------------------------------
     def encode(self, prompt: str | None = None, messages: Messages | None = None) -> torch.Tensor:
@@ -126,6 +154,7 @@ class AsyncClient:
             self.files.config.num_hidden_layers,
             self.files.config.hidden_size,
             max_length,
+            auditor=self.auditor,
         )
         await session.open()
         return session
@@ -181,27 +210,37 @@ class AsyncClient:
             raise ConfigError("max_new_tokens must be at least 1")
         ids = torch.as_tensor(input_ids, dtype=torch.long).reshape(1, -1)
         own_session = session is None
-        if session is None:
-            session = await self.open_session(ids.shape[1] + max_new_tokens)
-        self._live_sessions.append(session)
-        try:
-            result = await generate_tokens(
-                session,
-                self.head,
-                ids,
-                max_new_tokens=max_new_tokens,
-                sampling=SamplingParams(temperature, top_k, top_p, repetition_penalty, seed),
-                eos_token_ids=self.eos_token_ids if eos else (),
-                decode=self.decode if self.tokenizer is not None else None,
-                stop=stop,
-                on_text=on_text,
-                on_token=on_token,
-            )
-        finally:
-            self._live_sessions.remove(session)
+        for attempt in range(MAX_RECOMPUTE + 1):
             if own_session:
-                with trio.CancelScope(shield=True):
-                    await session.close()
+                session = await self.open_session(ids.shape[1] + max_new_tokens)
+            assert session is not None
+            self._live_sessions.append(session)
+            try:
+                result = await generate_tokens(
+                    session,
+                    self.head,
+                    ids,
+                    max_new_tokens=max_new_tokens,
+                    sampling=SamplingParams(temperature, top_k, top_p, repetition_penalty, seed),
+                    eos_token_ids=self.eos_token_ids if eos else (),
+                    decode=self.decode if self.tokenizer is not None else None,
+                    stop=stop,
+                    on_text=on_text,
+                    on_token=on_token,
+                )
+                # Audits are decided now, after every server committed to its results.
+                verified = await session.audit()
+            finally:
+                self._live_sessions.remove(session)
+                if own_session:
+                    with trio.CancelScope(shield=True):
+                        await session.close()
+            if verified:
+                break
+            if not own_session or attempt == MAX_RECOMPUTE:
+                raise VerificationError("a server on the route failed an audit")
+            log.warning("a server failed an audit: recomputing the request on other servers")
+        result.extra["recomputed"] = attempt
         self.last_route = result.route
         return result
 
@@ -238,7 +277,25 @@ class AsyncChat:
         self._fed: list[int] = []  # token ids in the servers' caches
 
     async def send(self, text: str, **kwargs: Any) -> Generation:
-        """Add a user message and generate the assistant's reply."""
+        """Add a user message and generate the assistant's reply.
+
+        If a server fails an audit, the turn is recomputed from scratch on other servers
+        (the whole conversation is fed again)."""
+        for attempt in range(MAX_RECOMPUTE + 1):
+            result = await self._send(text, **kwargs)
+            assert self._session is not None
+            if await self._session.audit():
+                self.messages.append({"role": "assistant", "content": result.text})
+                result.extra["recomputed"] = attempt
+                return result
+            log.warning("a server failed an audit: recomputing this turn on other servers")
+            self.messages.pop()
+            with trio.CancelScope(shield=True):
+                await self._session.close()
+            self._session, self._fed = None, []
+        raise VerificationError("servers kept failing audits")
+
+    async def _send(self, text: str, **kwargs: Any) -> Generation:
         self.messages.append({"role": "user", "content": text})
         ids = self.client.encode(messages=self.messages)[0].tolist()
         max_new = int(kwargs.get("max_new_tokens", 64))
@@ -278,7 +335,6 @@ class AsyncChat:
         )
         # The cache holds the prompt and every generated token but the last one.
         self._fed = (ids + result.token_ids)[: self._session.length]
-        self.messages.append({"role": "assistant", "content": result.text})
         self.client.last_route = result.route
         return result
 
@@ -294,6 +350,11 @@ class AsyncChat:
             with trio.CancelScope(shield=True):
                 await self._session.close()
             self._session = None
+
+
+def open_ledger(data_dir: Path) -> LedgerStore:
+    """This peer's ledger: DATA_DIR/ledger.sqlite."""
+    return LedgerStore(sqlite_url(Path(data_dir) / "ledger.sqlite"), NETWORK_ID)
 
 
 def load_tokenizer(files: ModelFiles) -> Any | None:
@@ -321,4 +382,4 @@ def load_tokenizer(files: ModelFiles) -> Any | None:
     return AutoTokenizer.from_pretrained(files.folder)
 
 
-__all__ = ["AsyncChat", "AsyncClient", "Generation", "NetworkError"]
+__all__ = ["AsyncChat", "AsyncClient", "Generation", "NetworkError", "VerificationError"]

@@ -9,12 +9,14 @@ carries on: the output is the same as if nothing had failed.
 from __future__ import annotations
 
 import logging
+import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import trio
 
+from plexus.client.audit import Auditor, HopAudit
 from plexus.client.planner import Hop, MissingBlocksError, plan_route
 from plexus.client.swarm import SwarmView
 from plexus.errors import NetworkError, PlexusError
@@ -41,6 +43,7 @@ class HopState:
     inputs: list[torch.Tensor] = field(default_factory=list)
     masks: list[torch.Tensor] = field(default_factory=list)
     seconds_per_token: float | None = None  # moving average of measured steps
+    audit: HopAudit = field(default_factory=HopAudit)  # commitments, outputs, receipts
 
     def timeout(self, tokens: int) -> float:
         if self.seconds_per_token is None:
@@ -66,8 +69,10 @@ class InferenceSession:
         hidden_size: int,
         max_length: int,
         batch_size: int = 1,
+        auditor: Auditor | None = None,
     ) -> None:
         self.swarm = swarm
+        self.auditor = auditor
         self.num_blocks = num_blocks
         self.hidden_size = hidden_size
         self.max_length = max_length
@@ -142,6 +147,8 @@ class InferenceSession:
                 continue
             x, m = state.history()
             state.inputs, state.masks = [x[:, :length]], [m[:, :length]]
+            if self.auditor is not None:
+                self.auditor.rolled_back(state, length)
             try:
                 conn = await self.swarm.pool.get(state.hop.peer_id, state.hop.server.address)
                 await conn.request(
@@ -165,19 +172,39 @@ class InferenceSession:
                     nursery.start_soon(self._close_one, state)
         self.hops = []
 
+    async def audit(self) -> bool:
+        """Audit (each hop with its server's audit probability) the steps not audited
+        yet; False if a hop failed: its results must not be used (recompute them)."""
+        if self.auditor is None:
+            return True
+        ok = True
+        for state in self.hops:
+            ok = await self.auditor.audit_hop(state) and ok
+        return ok
+
     async def _close_one(self, state: HopState) -> None:
         try:
             conn = await self.swarm.pool.get(state.hop.peer_id, state.hop.server.address)
-            await conn.request(Message("close", {"session_id": state.session_id}), timeout=2.0)
+            reply = await conn.request(
+                Message("close", {"session_id": state.session_id}), timeout=2.0
+            )
+            if self.auditor is not None:
+                back = await self.auditor.take_receipt(state, reply.fields)
+                if back:
+                    message = Message("receipt", {"session_id": state.session_id, **back})
+                    await conn.request(message, timeout=2.0)
         except NetworkError:
             pass
 
     # -- internals -----------------------------------------------------------------------
     async def _open_route(self, start: int, end: int) -> list[HopState]:
         for _attempt in range(MAX_RECOVERY_ATTEMPTS):
+            # Comparable servers share the load (and new ones get traffic to be audited).
+            servers = [replace(s, reputation=s.reputation * random.uniform(0.5, 1.0))
+                       for s in self.swarm.servers.values()]  # fmt: skip
             route = plan_route(
                 self.num_blocks,
-                self.swarm.servers.values(),
+                servers,
                 start=start,
                 end=end,
                 rtts=self.swarm.rtts,
@@ -225,17 +252,22 @@ class InferenceSession:
         tokens = hidden.shape[1]
         tensors = [hidden] if bool(mask.all()) else [hidden, mask]
         started = time.perf_counter()
-        reply = await conn.request(
-            Message("step", {"session_id": state.session_id, "length": state.length}, tensors),
-            timeout=state.timeout(tokens),
-        )
+        fields = {"session_id": state.session_id, "length": state.length}
+        fields.update(state.audit.countersign)
+        state.audit.countersign = {}
+        reply = await conn.request(Message("step", fields, tensors), timeout=state.timeout(tokens))
         state.observe(time.perf_counter() - started, tokens)
         out = reply.tensors[0] if len(reply.tensors) == 1 else None
         if out is None or tuple(out.shape) != tuple(hidden.shape) or not out.is_floating_point():
             raise NetworkError(f"{state.hop.peer_id} returned a malformed step output")
+        if self.auditor is not None:
+            self.auditor.check_step(state, hidden, mask, reply, out)
         out = out.float()
         if not bool(torch.isfinite(out).all()):
             raise NetworkError(f"{state.hop.peer_id} returned non-finite hidden states")
+        if self.auditor is not None:
+            state.audit.outputs.append(out)
+            state.audit.countersign = await self.auditor.take_receipt(state, reply.fields)
         state.length += tokens
         state.inputs.append(hidden)
         state.masks.append(mask)

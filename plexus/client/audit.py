@@ -1,0 +1,524 @@
+"""The client's side of verification and accounting (docs/verification.md).
+
+* **Checking replies.** Every step reply must carry a commitment signed by its server, to
+  the inputs the client sent (the client keeps the same running inputs hash) and to the
+  exact output tensor received. A missing or wrong commitment is a failed server.
+* **Audits.** When a request ends (after every server has committed), the client decides
+  per hop, with fresh OS randomness and `audit_probability` for that server's record,
+  whether to audit it. An audit sends the hop's whole input as one ordinary stateless
+  `forward` to a *different* server holding those blocks, and compares the updates of the
+  steps not yet audited (`compare.FULL_TOLERANCE`). The audited server sees nothing.
+* **Disputes.** On a mismatch a third server arbitrates. The party that disagrees with the
+  other two gets a fraud proof (its commitment against the two others' for the same
+  inputs), checked with `proofs.check_fraud_proof`, stored in the client's ledger and
+  handed to the gossip layer; it is blocked and its reputation set to zero. A failed hop
+  makes `InferenceSession.audit` return False: the caller recomputes on other servers.
+* **Receipts.** Receipts piggybacked on step and close replies are checked, countersigned,
+  stored in the client's ledger and the countersignature sent back on the next request.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+import trio
+
+from ledger import LedgerStore
+from ledger.audits import Audit, Outcome, sign_audit
+from ledger.errors import InvalidReceipt, LedgerError
+from ledger.fraud import SignedCommitment, SignedFraudProof, commitment_message
+from ledger.receipts import countersign, decode_receipt
+from ledger.signing import verify as verify_signature
+from plexus.errors import NetworkError
+from plexus.identity import Identity, peer_id_of, public_key_of
+from plexus.p2p.dataplane import Message
+from plexus.verification import NETWORK_ID
+from plexus.verification.commitments import (
+    Commitment,
+    CommitmentError,
+    InputsHasher,
+    Kind,
+    model_tag,
+    tensor_hash,
+)
+from plexus.verification.compare import FULL_TOLERANCE, step_errors
+from plexus.verification.policy import RECENTLY_CAUGHT_S, TRUST_AFTER, audit_probability
+from plexus.verification.proofs import build_fraud_proof, check_fraud_proof
+
+if TYPE_CHECKING:
+    from plexus.client.inference import HopState
+    from plexus.client.swarm import SwarmView
+
+log = logging.getLogger(__name__)
+
+AUDIT_TIMEOUT_S = 60.0
+COMMITMENT_TAG = "commitment/v1"
+CAUGHT_REPUTATION = 0.25  # planner reputation of a server that recently failed an audit
+MAX_PROOF_ATTEMPTS = 3
+
+
+@dataclass
+class StepRecord:
+    """One committed step of one hop, as the client received it."""
+
+    position: int
+    tokens: int
+    inputs_hash: bytes
+    signed: SignedCommitment
+    commitment: Commitment
+
+
+@dataclass
+class HopAudit:
+    """Per-hop verification state (kept on `HopState.audit`)."""
+
+    hasher: InputsHasher | None = None
+    records: list[StepRecord] = field(default_factory=list)
+    outputs: list[torch.Tensor] = field(default_factory=list)
+    audited: int = 0  # positions before this were audited (or skipped) already
+    countersign: dict[str, Any] = field(default_factory=dict)  # piggyback on next request
+    tokens_sent: int = 0
+
+
+@dataclass
+class AuditStats:
+    audits: int = 0
+    passed: int = 0
+    failed: int = 0
+    skipped: int = 0  # decided not to audit
+    unavailable: int = 0  # no other server holds the blocks
+    convictions: int = 0
+    audit_tokens: int = 0  # tokens re-run by auditors and arbiters
+    served_tokens: int = 0  # tokens the audited hops served
+    receipts: int = 0
+
+
+@dataclass
+class _Party:
+    peer_id: str
+    out: torch.Tensor  # [B, L, H] over the whole input
+    signed: SignedCommitment
+    inputs_hash: bytes
+
+
+class Auditor:
+    """One client's audits, trust records, ledger and receipts."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        swarm: SwarmView,
+        ledger: LedgerStore | None = None,
+        *,
+        network_id: str = NETWORK_ID,
+        floor: float = 0.02,
+        publish: Callable[[str, bytes], Awaitable[None]] | None = None,
+    ) -> None:
+        self.identity = identity
+        self.swarm = swarm
+        self.ledger = ledger
+        self.network_id = network_id
+        self.floor = floor
+        self.publish = publish  # (topic kind, bytes) -> gossip, when a gossip layer runs
+        self.clean: dict[str, int] = {}
+        self.caught_at: dict[str, float] = {}
+        self.convicted: set[str] = set()
+        self.proofs: list[SignedFraudProof] = []
+        self.stats = AuditStats()
+        self._rng = secrets.SystemRandom()
+        self._ledger_limiter = trio.CapacityLimiter(1)
+        if ledger is not None:
+            self._load_reputation(ledger)
+
+    def _load_reputation(self, ledger: LedgerStore) -> None:
+        """Start from what this client's ledger remembers (its own audits, any proofs)."""
+        book = ledger.reputation_book(trusted_auditors=[self.identity.public_key_bytes])
+        for key in book.servers():
+            try:
+                peer = peer_id_of(key)
+            except ValueError:
+                continue
+            rep = book.reputation(key)
+            if rep.banned:
+                self._block(peer)
+            else:
+                self.clean[peer] = rep.consecutive_valid
+
+    # -- policy ---------------------------------------------------------------------------
+    def recently_caught(self, peer_id: str) -> bool:
+        at = self.caught_at.get(peer_id)
+        return at is not None and time.monotonic() - at < RECENTLY_CAUGHT_S
+
+    def probability(self, peer_id: str) -> float:
+        return audit_probability(
+            self.clean.get(peer_id, 0), self.recently_caught(peer_id), floor=self.floor
+        )
+
+    def _block(self, peer_id: str) -> None:
+        self.convicted.add(peer_id)
+        self.swarm.blocked.add(peer_id)
+        self.swarm.reputation[peer_id] = 0.0
+
+    def _passed(self, peer_id: str) -> None:
+        self.clean[peer_id] = self.clean.get(peer_id, 0) + 1
+        if self.clean[peer_id] >= TRUST_AFTER:
+            self.caught_at.pop(peer_id, None)
+            self.swarm.reputation.pop(peer_id, None)
+
+    def _failed(self, peer_id: str) -> None:
+        self.clean[peer_id] = 0
+        self.caught_at[peer_id] = time.monotonic()
+        if peer_id not in self.convicted:
+            self.swarm.reputation[peer_id] = CAUGHT_REPUTATION
+
+    # -- checking every reply -------------------------------------------------------------
+    def check_step(
+        self,
+        state: HopState,
+        hidden: torch.Tensor,
+        mask: torch.Tensor,
+        reply: Message,
+        out: torch.Tensor,
+    ) -> None:
+        """Verify a step reply's commitment; raises NetworkError when it is wrong."""
+        audit = state.audit
+        position = state.length
+        if audit.hasher is None or position == 0:
+            audit.hasher = InputsHasher(hidden.shape[0], hidden.shape[2])
+        digest = audit.hasher.copy().update(hidden, mask)
+        peer = state.hop.peer_id
+        signed, commitment = self._read_commitment(reply.fields, peer, digest)
+        if (
+            commitment.kind != Kind.STEP
+            or commitment.model != model_tag(self.swarm.model_id)
+            or (commitment.block_start, commitment.block_end) != (state.hop.start, state.hop.end)
+            or commitment.position != position
+            or commitment.tokens != hidden.shape[1]
+            or commitment.output_hash != tensor_hash(out)
+        ):
+            raise NetworkError(f"{peer} committed to something else than it returned")
+        audit.hasher.update(hidden, mask)
+        audit.records.append(StepRecord(position, hidden.shape[1], digest, signed, commitment))
+        audit.tokens_sent += hidden.shape[0] * hidden.shape[1]
+
+    def _read_commitment(
+        self, fields: dict[str, Any], peer: str, digest: bytes
+    ) -> tuple[SignedCommitment, Commitment]:
+        try:
+            blob = bytes.fromhex(fields["commitment"])
+            signature = bytes.fromhex(fields["commitment_sig"])
+            claimed = bytes.fromhex(fields["inputs_hash"])
+            commitment = Commitment.decode(blob)
+        except (KeyError, TypeError, ValueError, CommitmentError) as exc:
+            raise NetworkError(f"{peer} sent no valid commitment: {exc}") from None
+        if claimed != digest:
+            raise NetworkError(f"{peer} committed to other inputs than were sent")
+        key = public_key_of(peer)
+        message = commitment_message(self.network_id, digest, blob)
+        if not verify_signature(key, COMMITMENT_TAG, message, signature):
+            raise NetworkError(f"{peer}'s commitment signature does not verify")
+        return SignedCommitment(key, blob, signature), commitment
+
+    def rolled_back(self, state: HopState, length: int) -> None:
+        audit = state.audit
+        audit.records = [r for r in audit.records if r.position + r.tokens <= length]
+        audit.outputs = audit.outputs[: len(audit.records)]
+        audit.audited = min(audit.audited, length)
+        audit.hasher = None
+        if length:
+            x, m = state.history()
+            audit.hasher = InputsHasher(x.shape[0], x.shape[2])
+            audit.hasher.update(x[:, :length], m[:, :length])
+
+    # -- receipts -------------------------------------------------------------------------
+    async def take_receipt(self, state: HopState, fields: dict[str, Any]) -> dict[str, Any]:
+        """Countersign and store a piggybacked receipt; returns the fields to send back."""
+        if "receipt" not in fields:
+            return {}
+        peer = state.hop.peer_id
+        try:
+            receipt = decode_receipt(bytes.fromhex(fields["receipt"]))
+            server_signature = bytes.fromhex(fields["receipt_sig"])
+        except (KeyError, TypeError, ValueError, InvalidReceipt) as exc:
+            log.warning("%s sent a malformed receipt: %s", peer, exc)
+            return {}
+        expected = (
+            receipt.network_id == self.network_id
+            and receipt.model_id == self.swarm.model_id
+            and receipt.server_key == public_key_of(peer)
+            and receipt.client_key == self.identity.public_key_bytes
+            and receipt.session_id.hex() == state.session_id
+            and (receipt.block_start, receipt.block_end) == (state.hop.start, state.hop.end)
+            and receipt.tokens <= state.audit.tokens_sent
+        )
+        if not expected:
+            log.warning("%s sent a receipt that does not match the session; not signed", peer)
+            return {}
+        try:
+            signed = countersign(receipt, server_signature, self.identity.signing_key)
+        except InvalidReceipt as exc:
+            log.warning("%s sent a receipt with a bad signature: %s", peer, exc)
+            return {}
+        if self.ledger is not None:
+            ledger = self.ledger
+            try:
+                await trio.to_thread.run_sync(
+                    ledger.add_receipt, signed, limiter=self._ledger_limiter
+                )
+            except LedgerError as exc:
+                log.warning("could not store %s's receipt: %s", peer, exc)
+                return {}
+        self.stats.receipts += 1
+        if self.publish is not None:
+            await self.publish("receipt", signed.encode())
+        return {"receipt_seq": receipt.seq, "client_sig": signed.client_signature.hex()}
+
+    # -- audits ---------------------------------------------------------------------------
+    async def audit_hop(self, state: HopState) -> bool:
+        """Audit (maybe) the hop's steps not audited yet; False if it failed."""
+        audit = state.audit
+        peer = state.hop.peer_id
+        length = state.length
+        if not audit.records or audit.audited >= length or peer in self.convicted:
+            return peer not in self.convicted
+        first = audit.audited
+        audit.audited = length
+        if self._rng.random() >= self.probability(peer):
+            self.stats.skipped += 1
+            return True
+        auditor_id = self._pick(state, {peer})
+        if auditor_id is None:
+            self.stats.unavailable += 1
+            log.info("no other server holds blocks %d-%d: not audited", *_span(state))
+            return True
+        x, m = state.history()
+        records = [r for r in audit.records if r.position >= first]
+        outputs = audit.outputs[len(audit.records) - len(records) :]
+        self.stats.audits += 1
+        self.stats.served_tokens += sum(r.tokens for r in records) * x.shape[0]
+        original = torch.cat(outputs, dim=1)
+        auditor = await self._forward(auditor_id, state, x, m, first)
+        if auditor is None:
+            self.stats.unavailable += 1
+            return True
+        bad = self._mismatched(records, original, auditor.out, x, m)
+        if not bad:
+            self.stats.passed += 1
+            await self._record(state, peer, Outcome.PASS, records[-1].inputs_hash)
+            return True
+        log.warning(
+            "audit of %s (blocks %d-%d) by %s: %d of %d steps disagree; arbitrating",
+            peer, *_span(state), auditor_id, len(bad), len(records),
+        )  # fmt: skip
+        arbiter_id = self._pick(state, {peer, auditor_id})
+        arbiter = None
+        if arbiter_id is not None:
+            arbiter = await self._forward(arbiter_id, state, x, m, first)
+        if arbiter is None:
+            self.stats.failed += 1
+            self._failed(peer)
+            self._failed(auditor_id)
+            await self._record(state, peer, Outcome.FAIL, records[-1].inputs_hash)
+            return False
+        with_original = not self._mismatched(records, original, arbiter.out, x, m)
+        with_auditor = not self._disagree(arbiter.out, auditor.out, x, m, first)
+        if with_auditor and not with_original:
+            self.stats.failed += 1
+            await self._record(state, peer, Outcome.FAIL, records[-1].inputs_hash)
+            self._failed(peer)
+            await self._convict_server(state, records, bad, auditor, arbiter, x, m)
+            return False
+        if with_original and not with_auditor:
+            self.stats.passed += 1
+            await self._record(state, peer, Outcome.PASS, records[-1].inputs_hash)
+            await self._convict_auditor(state, auditor, arbiter, records[-1])
+            return True
+        self.stats.failed += 1
+        self._failed(peer)
+        await self._record(state, peer, Outcome.FAIL, records[-1].inputs_hash)
+        return False
+
+    def _pick(self, state: HopState, exclude: set[str]) -> str | None:
+        """A random other server holding all the hop's blocks, not backed off."""
+        avoid = exclude | self.convicted | self.swarm.backed_off()
+        candidates = sorted(
+            s.peer_id
+            for s in self.swarm.servers.values()
+            if s.start <= state.hop.start and s.end >= state.hop.end and s.peer_id not in avoid
+        )
+        return self._rng.choice(candidates) if candidates else None
+
+    def _mismatched(
+        self,
+        records: list[StepRecord],
+        original: torch.Tensor,
+        reference: torch.Tensor,
+        x: torch.Tensor,
+        m: torch.Tensor,
+    ) -> list[StepRecord]:
+        bad = []
+        offset = records[0].position
+        for r in records:
+            a, b = r.position, r.position + r.tokens
+            mine = original[:, a - offset : b - offset] - x[:, a:b]
+            theirs = reference[:, a:b] - x[:, a:b]
+            if step_errors(mine, theirs, m[:, a:b]) > FULL_TOLERANCE:
+                bad.append(r)
+        return bad
+
+    @staticmethod
+    def _disagree(
+        a: torch.Tensor, b: torch.Tensor, x: torch.Tensor, m: torch.Tensor, first: int
+    ) -> bool:
+        da, db = a[:, first:] - x[:, first:], b[:, first:] - x[:, first:]
+        return step_errors(da, db, m[:, first:]) > FULL_TOLERANCE
+
+    async def _forward(
+        self,
+        peer: str,
+        state: HopState,
+        x: torch.Tensor,
+        m: torch.Tensor,
+        commit_from: int,
+    ) -> _Party | None:
+        """An ordinary stateless forward of the hop's input on `peer`, checked."""
+        server = self.swarm.servers.get(peer)
+        if server is None:
+            return None
+        digest = InputsHasher(x.shape[0], x.shape[2]).update(x, m)
+        tensors = [x] if bool(m.all()) else [x, m]
+        fields = {
+            "model_id": self.swarm.model_id,
+            "start": state.hop.start,
+            "end": state.hop.end,
+            "commit_from": commit_from,
+        }
+        try:
+            with trio.fail_after(AUDIT_TIMEOUT_S):
+                conn = await self.swarm.pool.get(peer, server.address)
+                reply = await conn.request(
+                    Message("forward", fields, tensors), timeout=AUDIT_TIMEOUT_S
+                )
+            raw = reply.tensors[0] if len(reply.tensors) == 1 else None
+            if raw is None or tuple(raw.shape) != tuple(x.shape):
+                raise NetworkError("malformed forward output")
+            signed, commitment = self._read_commitment(reply.fields, peer, digest)
+            if commitment.output_hash != tensor_hash(raw) or commitment.position != commit_from:
+                raise NetworkError("forward commitment does not match its output")
+        except (NetworkError, trio.TooSlowError) as exc:
+            log.warning("audit forward on %s failed: %s", peer, exc)
+            self.swarm.fail(peer)
+            return None
+        self.stats.audit_tokens += x.shape[0] * x.shape[1]
+        return _Party(peer, raw.float(), signed, digest)
+
+    async def _record(
+        self, state: HopState, peer: str, outcome: Outcome, inputs_hash: bytes
+    ) -> None:
+        if outcome is Outcome.PASS:
+            self._passed(peer)
+        if self.ledger is None:
+            return
+        audit = Audit(
+            network_id=self.network_id,
+            model_id=self.swarm.model_id,
+            block_start=state.hop.start,
+            block_end=state.hop.end,
+            session_id=bytes.fromhex(state.session_id) if state.session_id else bytes(16),
+            inputs_hash=inputs_hash,
+            outcome=outcome,
+            epoch=int(time.time()),
+            server_key=public_key_of(peer),
+            auditor_key=self.identity.public_key_bytes,
+        )
+        signed = sign_audit(audit, self.identity.signing_key)
+        ledger = self.ledger
+        try:
+            await trio.to_thread.run_sync(ledger.add_audit, signed, limiter=self._ledger_limiter)
+        except LedgerError as exc:
+            log.warning("could not store an audit: %s", exc)
+
+    async def _convict_server(
+        self,
+        state: HopState,
+        records: list[StepRecord],
+        bad: list[StepRecord],
+        auditor: _Party,
+        arbiter: _Party,
+        x: torch.Tensor,
+        m: torch.Tensor,
+    ) -> None:
+        """Fraud proof against the audited server, from its worst step(s)."""
+        peer = state.hop.peer_id
+        length = x.shape[1]
+        for record in sorted(bad, key=lambda r: -r.tokens)[:MAX_PROOF_ATTEMPTS]:
+            end = record.position + record.tokens
+            if end == length:
+                witnesses = [auditor.signed, arbiter.signed]
+            else:  # commitments to exactly the prefix this step committed to
+                xs, ms = x[:, :end], m[:, :end]
+                a = await self._forward(auditor.peer_id, state, xs, ms, record.position)
+                b = await self._forward(arbiter.peer_id, state, xs, ms, record.position)
+                if a is None or b is None:
+                    continue
+                witnesses = [a.signed, b.signed]
+            if await self._prove(state, peer, record.inputs_hash, record.signed, witnesses):
+                return
+        log.warning("%s failed an audit but no proof passed the checker", peer)
+
+    async def _convict_auditor(
+        self, state: HopState, auditor: _Party, arbiter: _Party, last: StepRecord
+    ) -> None:
+        witnesses = [arbiter.signed]
+        if last.inputs_hash == auditor.inputs_hash:
+            witnesses.append(last.signed)
+        await self._prove(state, auditor.peer_id, auditor.inputs_hash, auditor.signed, witnesses)
+        self._failed(auditor.peer_id)
+
+    async def _prove(
+        self,
+        state: HopState,
+        accused: str,
+        inputs_hash: bytes,
+        accused_commitment: SignedCommitment,
+        witnesses: list[SignedCommitment],
+    ) -> bool:
+        proof = build_fraud_proof(
+            self.identity.signing_key,
+            network_id=self.network_id,
+            model_id=self.swarm.model_id,
+            block_start=state.hop.start,
+            block_end=state.hop.end,
+            inputs_hash=inputs_hash,
+            accused=accused_commitment,
+            witnesses=witnesses,
+        )
+        if not check_fraud_proof(proof.proof):
+            return False
+        if self.ledger is not None:
+            ledger = self.ledger
+            try:
+                await trio.to_thread.run_sync(
+                    lambda: ledger.add_fraud_proof(proof, check_fraud_proof),
+                    limiter=self._ledger_limiter,
+                )
+            except LedgerError as exc:
+                log.warning("could not store a fraud proof: %s", exc)
+                return False
+        self.proofs.append(proof)
+        self.stats.convictions += 1
+        self._block(accused)
+        log.warning("convicted %s of returning wrong results; fraud proof stored", accused)
+        if self.publish is not None:
+            await self.publish("fraud", proof.encode())
+        return True
+
+
+def _span(state: HopState) -> tuple[int, int]:
+    return state.hop.start, state.hop.end

@@ -1,0 +1,91 @@
+"""Issue 7 acceptance: a cheating server among honest ones is audited, convicted by a
+fraud proof that `plexus ledger verify` accepts, and routed around; the text stays right."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import trio
+from transformers import AutoModelForCausalLM
+
+from plexus.client import AsyncClient
+from plexus.local_swarm import LocalSwarm
+from tests.e2e.helpers import ANNOUNCE, start_servers, wait_for_servers
+
+pytestmark = pytest.mark.slow
+NEW_TOKENS = 3
+PROMPT = 5
+
+
+def references(folder: Path, prompts: list[list[int]]) -> list[list[int]]:
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    out = []
+    for prompt in prompts:
+        ids = model.generate(
+            torch.tensor([prompt]), max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
+            do_sample=False, eos_token_id=None, pad_token_id=0,
+        )  # fmt: skip
+        out.append(ids[0, len(prompt) :].tolist())
+    return out
+
+
+async def run_until_convicted(
+    boot: str, folder: Path, data_dir: Path, cheater: str, prompts: list[list[int]],
+    expected: list[list[int]], after: int,
+) -> tuple[int, list[list[str]]]:  # fmt: skip
+    """Requests until the cheater is convicted, then `after` more; returns the request
+    number of the conviction and the routes used after it."""
+    async with AsyncClient.connect(str(folder), initial_peers=[boot], data_dir=data_dir) as client:
+        await wait_for_servers(client, 3)
+        auditor = client.auditor
+        assert auditor is not None
+        convicted_at = -1
+        later_routes: list[list[str]] = []
+        for i, prompt in enumerate(prompts):
+            result = await client.generate_ids(prompt, max_new_tokens=NEW_TOKENS, eos=False)
+            assert result.token_ids == expected[i], f"request {i}: wrong tokens accepted"
+            if convicted_at >= 0:
+                later_routes.append([str(h["peer_id"]) for h in result.route])
+                if len(later_routes) >= after:
+                    break
+            elif cheater in auditor.convicted:
+                convicted_at = i + 1
+        assert auditor.proofs and auditor.proofs[0].proof.accused_key
+        print(f"\nconvicted after {convicted_at} requests; {auditor.stats}")
+        return convicted_at, later_routes
+
+
+def ledger_verify(data_dir: Path) -> dict:
+    done = subprocess.run(
+        [sys.executable, "-m", "plexus", "ledger", "verify", "--json", "--data-dir", str(data_dir)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.mark.parametrize(("fault", "budget"), [("noise", 20), ("noise:0.1", 250)])
+def test_cheater_is_convicted_and_avoided(
+    local_swarm: LocalSwarm, model_dirs: dict[str, Path], tmp_path: Path, fault: str, budget: int
+) -> None:
+    folder = model_dirs["tiny"]
+    start_servers(local_swarm, str(folder), ["0-7", "0-7"])
+    cheater = local_swarm.start_server(str(folder), "0-7", *ANNOUNCE, "--inject-fault", fault)
+    gen = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(3, 200, (PROMPT,), generator=gen).tolist() for _ in range(budget + 5)]
+    expected = references(folder, prompts)
+    client_dir = tmp_path / "client"
+    convicted_at, later = trio.run(
+        run_until_convicted, local_swarm.initial_peers[0], folder, client_dir,
+        cheater.peer_id, prompts, expected, 5,
+    )  # fmt: skip
+    assert 1 <= convicted_at <= budget
+    assert later and all(cheater.peer_id not in route for route in later)
+    report = ledger_verify(client_dir)
+    assert report["ok"] and report["checked"]["fraud_proofs"] >= 1
+    assert "TESTING ONLY" in cheater.log_path.read_text()
