@@ -22,21 +22,23 @@ NEW_TOKENS = 3
 PROMPT = 5
 
 
-def references(folder: Path, prompts: list[list[int]]) -> list[list[int]]:
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    out = []
-    for prompt in prompts:
-        ids = model.generate(
+class References:
+    """Greedy continuations computed locally with transformers, on demand."""
+
+    def __init__(self, folder: Path) -> None:
+        self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+
+    def __call__(self, prompt: list[int]) -> list[int]:
+        ids = self.model.generate(
             torch.tensor([prompt]), max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
             do_sample=False, eos_token_id=None, pad_token_id=0,
         )  # fmt: skip
-        out.append(ids[0, len(prompt) :].tolist())
-    return out
+        return ids[0, len(prompt) :].tolist()
 
 
 async def run_until_convicted(
     boot: str, folder: Path, data_dir: Path, cheater: str, prompts: list[list[int]],
-    expected: list[list[int]], after: int,
+    expected: References, after: int,
 ) -> tuple[int, list[list[str]]]:  # fmt: skip
     """Requests until the cheater is convicted, then `after` more; returns the request
     number of the conviction and the routes used after it."""
@@ -48,7 +50,7 @@ async def run_until_convicted(
         later_routes: list[list[str]] = []
         for i, prompt in enumerate(prompts):
             result = await client.generate_ids(prompt, max_new_tokens=NEW_TOKENS, eos=False)
-            assert result.token_ids == expected[i], f"request {i}: wrong tokens accepted"
+            assert result.token_ids == expected(prompt), f"request {i}: wrong tokens accepted"
             if convicted_at >= 0:
                 later_routes.append([str(h["peer_id"]) for h in result.route])
                 if len(later_routes) >= after:
@@ -78,7 +80,7 @@ def test_cheater_is_convicted_and_avoided(
     cheater = local_swarm.start_server(str(folder), "0-7", *ANNOUNCE, "--inject-fault", fault)
     gen = torch.Generator().manual_seed(3)
     prompts = [torch.randint(3, 200, (PROMPT,), generator=gen).tolist() for _ in range(budget + 5)]
-    expected = references(folder, prompts)
+    expected = References(folder)
     client_dir = tmp_path / "client"
     convicted_at, later = trio.run(
         run_until_convicted, local_swarm.initial_peers[0], folder, client_dir,
