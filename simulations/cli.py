@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 import time
@@ -40,13 +41,30 @@ def run_one(name: str, peers: int, hours: float | None, seed: int, out: Path, pl
     return summary
 
 
+def _rel(out: Path) -> str:
+    """How docs/simulations.md links to files in `out`."""
+    where = out.resolve()
+    return (
+        (Path("..") / where.relative_to(ROOT)).as_posix()
+        if where.is_relative_to(ROOT)
+        else str(where)
+    )
+
+
 def refresh_docs(results: Path, doc: Path) -> list[str]:
-    """Replace each `<!-- scenario:NAME -->...<!-- /scenario:NAME -->` block by the run's
-    section.md; returns the scenarios updated."""
+    """Replace each `<!-- scenario:NAME -->...<!-- /scenario:NAME -->` block by the section
+    rendered from the run's summary.json and plots; returns the scenarios updated."""
+    from simulations.report import section, write_section
+
     text = doc.read_text()
     done = []
     for name in SCENARIOS:
-        part = results / name / "section.md"
+        out = results / name
+        if (out / "summary.json").exists():
+            summary = json.loads((out / "summary.json").read_text())
+            images = sorted(p.name for p in out.glob("*.png"))
+            write_section(out, section(SCENARIOS[name], summary, images, _rel(out)))
+        part = out / "section.md"
         tag = re.escape(name)
         pattern = re.compile(rf"(<!-- scenario:{tag} -->\n).*?(<!-- /scenario:{tag} -->)", re.S)
         if part.exists() and pattern.search(text):

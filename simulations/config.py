@@ -15,6 +15,8 @@ class Cheating:
 
     share: float = 0.0  # of the population
     rates: tuple[float, ...] = (1.0, 0.1, 0.01)  # cheat rates, split evenly among cheaters
+    sleeper_share: float = 0.0  # of the cheaters: honest for their first `sleep_hours`
+    sleep_hours: float = 0.5
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ class CheaterRow:
     role: str
     cheat_rate: float
     first_served_h: float
+    cheats_from_h: float
     convicted_h: float  # nan when never convicted
     time_to_convict_h: float
     streams: int

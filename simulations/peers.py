@@ -12,6 +12,7 @@ from simulations.devices import DeviceKind
 class Role(Enum):
     HONEST = "honest"
     CHEATER = "cheater"
+    SLEEPER = "sleeper"  # serves honestly at first, to earn trust, then cheats
     SYBIL = "sybil"
     COLLUDER = "colluder"  # a cheater with an accomplice
     ACCOMPLICE = "accomplice"  # serves honestly, covers for its partner
@@ -32,6 +33,7 @@ class Peer:
     last_mile_s: float
     role: Role = Role.HONEST
     cheat_rate: float = 0.0
+    cheats_after_s: float = 0.0  # of serving (sleepers)
     delivered_fraction: float = 1.0  # slow peers deliver less than they announce
     partner: int | None = None  # colluding pairs point at each other
     key: bytes = b""
@@ -52,6 +54,12 @@ class Peer:
     @property
     def is_cheater(self) -> bool:
         return self.cheat_rate > 0.0
+
+    def rate_at(self, now: float) -> float:
+        """The share of steps it cheats on at time `now`."""
+        if self.joined_at is None or now - self.joined_at < self.cheats_after_s:
+            return 0.0
+        return self.cheat_rate
 
     @property
     def announced_throughput(self) -> int:

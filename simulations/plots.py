@@ -90,22 +90,32 @@ def write_plots(out: Path, metrics: Metrics, title: str) -> list[str]:
     ax.legend(fontsize=8)
     save(fig, "balances.png")
 
-    if metrics.cheaters:
+    horizon_h = max((r.t_h for r in metrics.samples), default=0.0)
+    if any(row.streams > 0 for row in metrics.cheaters):
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
         groups: dict[str, list[float]] = defaultdict(list)
-        for row in metrics.cheaters:
+        served = [r for r in metrics.cheaters if r.streams > 0 and r.cheats_from_h < horizon_h]
+        for row in served:
             groups[f"{row.role} {row.cheat_rate:g}"].append(row.time_to_convict_h)
         labels = sorted(groups)
         for i, label in enumerate(labels):
             done = [v for v in groups[label] if not math.isnan(v)]
             axes[0].scatter([i] * len(done), done, s=8, alpha=0.5)
             share = len(done) / len(groups[label])
-            axes[0].annotate(f"{share:.0%} convicted", (i, 0), fontsize=7, ha="center")
+            axes[0].annotate(
+                f"{share:.0%} of {len(groups[label])} convicted",
+                (i, 1.0),
+                xycoords=("data", "axes fraction"),
+                fontsize=7,
+                ha="center",
+                va="top",
+            )
         axes[0].set_xticks(range(len(labels)), labels, fontsize=7)
-        axes[0].set_ylabel("hours from first serving to conviction")
+        axes[0].set_xlim(-0.5, len(labels) - 0.5)
+        axes[0].set_ylabel("hours from first cheating to conviction")
         axes[0].set_title("time to convict vs cheat rate and audit rate")
         for label in labels:
-            rows = [r for r in metrics.cheaters if f"{r.role} {r.cheat_rate:g}" == label]
+            rows = [r for r in served if f"{r.role} {r.cheat_rate:g}" == label]
             done = [r for r in rows if not math.isnan(r.time_to_convict_h)]
             axes[1].scatter(
                 [r.audit_rate for r in done], [r.time_to_convict_h for r in done], s=8, label=label

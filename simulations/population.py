@@ -39,9 +39,12 @@ def build(cfg: Config, rng: random.Random) -> list[Peer]:
         return chosen
 
     cheaters = take(round(cfg.cheating.share * cfg.peers))
+    sleepers = round(cfg.cheating.sleeper_share * len(cheaters))
     for i, peer in enumerate(cheaters):
         peer.role, peer.device = Role.CHEATER, rng.choice(FAST)
         peer.cheat_rate = cfg.cheating.rates[i % len(cfg.cheating.rates)]
+        if i < sleepers:
+            peer.role, peer.cheats_after_s = Role.SLEEPER, cfg.cheating.sleep_hours * 3600.0
     for _ in range(cfg.collusion.pairs):
         cheater, accomplice = take(2)
         cheater.role, cheater.cheat_rate = Role.COLLUDER, cfg.collusion.cheat_rate

@@ -60,8 +60,9 @@ def section(scenario: Scenario, summary: dict[str, Any], images: list[str], rel:
         )
     for group, info in summary["conviction"].items():
         lines.append(
-            f"| {group}: convicted / median hours to convict | {info['convicted']} of "
-            f"{info['peers']} / {_fmt(info['median_hours_to_convict'])} |"
+            f"| {group}: joined / routed to / convicted / median hours to convict | "
+            f"{info['peers']} / {info['routed_to']} / {info['convicted']} / "
+            f"{_fmt(info['median_hours_to_convict'])} |"
         )
     balances = ", ".join(
         f"{g} {_fmt(v)}" for g, v in sorted(summary["final_mean_balance_credits"].items())

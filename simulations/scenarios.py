@@ -25,7 +25,9 @@ _ALL = (
     ),
     Scenario(
         "cheaters", "Cheaters", "5% of peers run A100/H100s (to attract traffic) and cheat on "
-        "100%, 10% or 1% of their steps: how fast are they convicted, what do they earn?", 2.0,
+        "100%, 10% or 1% of their steps; half of them (sleepers) serve honestly for their "
+        "first 30 minutes to earn trust first. How fast are they convicted, what do they "
+        "earn?", 2.0,
     ),
     Scenario(
         "sybil", "Sybil wave", "New identities, a tenth of the population, announce datacentre "
@@ -50,7 +52,7 @@ def config_for(name: str, peers: int, hours: float | None, seed: int) -> Config:
     if name == "churn":
         cfg = replace(cfg, median_online_h=1 / 3, median_offline_h=1 / 6, churn_sigma=1.0)
     elif name == "cheaters":
-        cfg = replace(cfg, cheating=Cheating(share=0.05))
+        cfg = replace(cfg, cheating=Cheating(share=0.05, sleeper_share=0.5, sleep_hours=0.5))
     elif name == "sybil":
         size = max(1, peers // 10)
         cfg = replace(

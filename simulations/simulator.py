@@ -348,7 +348,13 @@ class Simulation:
         failed = server.last_failed_audit
         caught = failed is not None and now - failed < self.auditor.recently_caught_s
         verdict = self.auditor.check(
-            server, rep, caught, tokens, hop.blocks, lambda avoid: self._pick_holder(hop, avoid)
+            server,
+            rep,
+            caught,
+            tokens,
+            hop.blocks,
+            lambda avoid: self._pick_holder(hop, avoid),
+            now,
         )
         if not verdict.audited:
             self.c.audits_without_auditor += verdict.no_auditor
@@ -369,7 +375,8 @@ class Simulation:
         if not verdict.passed:
             server.last_failed_audit = now
         if verdict.convict:
-            self._convict(server, verdict.witnesses, s, hop.span, false=not server.is_cheater)
+            honest = server.rate_at(now) == 0.0
+            self._convict(server, verdict.witnesses, s, hop.span, false=honest)
 
     def _pick_holder(self, hop: ActiveHop, avoid: set[int]) -> Peer | None:
         """A random serving, unconvicted peer holding the hop's blocks (from the view)."""
@@ -477,6 +484,7 @@ class Simulation:
             if p.role in (Role.HONEST, Role.SLOW, Role.ACCOMPLICE) or p.joined_at is None:
                 continue
             first = p.joined_at / 3600.0
+            cheats_from = (p.joined_at + p.cheats_after_s) / 3600.0
             convicted = NAN if p.convicted_at is None else p.convicted_at / 3600.0
             self.metrics.cheaters.append(
                 CheaterRow(
@@ -484,8 +492,9 @@ class Simulation:
                     p.role.value,
                     p.cheat_rate,
                     first,
+                    cheats_from,
                     convicted,
-                    convicted - first if p.convicted_at is not None else NAN,
+                    convicted - cheats_from if p.convicted_at is not None else NAN,
                     p.streams,
                     p.audited,
                     p.audited / max(1, p.streams),
@@ -517,8 +526,8 @@ class Simulation:
 
     @staticmethod
     def _group(p: Peer) -> str:
-        if p.role is Role.CHEATER:
-            return f"cheater {p.cheat_rate:g}"
+        if p.role in (Role.CHEATER, Role.SLEEPER):
+            return f"{p.role.value} {p.cheat_rate:g}"
         return p.role.value
 
     def summary(self) -> dict[str, Any]:

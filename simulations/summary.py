@@ -31,14 +31,18 @@ def summarise(sim: Simulation) -> dict[str, Any]:
     by_rate: dict[str, dict[str, Any]] = {}
     for row in m.cheaters:
         key = f"{row.role} {row.cheat_rate:g}"
-        entry = by_rate.setdefault(key, {"peers": 0, "convicted": 0, "hours": []})
+        entry = by_rate.setdefault(key, {"peers": 0, "used": 0, "convicted": 0, "hours": []})
         entry["peers"] += 1
+        if row.streams == 0 or row.cheats_from_h >= cfg.hours:
+            continue  # never routed to, or never cheated: nothing to catch
+        entry["used"] += 1
         if not math.isnan(row.time_to_convict_h):
             entry["convicted"] += 1
             entry["hours"].append(row.time_to_convict_h)
     convict = {
         k: {
             "peers": v["peers"],
+            "routed_to": v["used"],
             "convicted": v["convicted"],
             "median_hours_to_convict": _r(median(v["hours"])) if v["hours"] else None,
         }

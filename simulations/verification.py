@@ -79,6 +79,7 @@ class Auditor:
         steps: int,
         blocks: int,
         pick: Pick,
+        now: float,
     ) -> Verdict:
         """Whether this stream is audited and, if so, the verdict. `pick(avoid)` returns a
         random holder of the stream's blocks whose index is not in `avoid`, or None."""
@@ -92,9 +93,9 @@ class Auditor:
         verdict = Verdict(audited=True, auditor=auditor, reexecuted_block_tokens=k * blocks)
         if self._covers(auditor, server):
             return verdict
-        cheated = caught(server.cheat_rate, k, self.rng)
+        cheated = caught(server.rate_at(now), k, self.rng)
         if not cheated:
-            wrong_auditor = caught(auditor.cheat_rate, k, self.rng)
+            wrong_auditor = caught(auditor.rate_at(now), k, self.rng)
             if not (wrong_auditor or self.rng.random() < self.honest_mismatch):
                 return verdict
         verdict.passed, verdict.false_fail = False, not cheated
@@ -107,7 +108,7 @@ class Auditor:
             avoid.add(witness.index)
             verdict.reexecuted_block_tokens += k * blocks
             if self._covers(witness, server) or (
-                cheated and caught(witness.cheat_rate, k, self.rng)
+                cheated and caught(witness.rate_at(now), k, self.rng)
             ):
                 return verdict  # a witness sided with the server
             verdict.witnesses.append(witness)
