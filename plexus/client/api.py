@@ -31,8 +31,10 @@ from plexus.identity import Identity
 from plexus.models import ClientHead, load_head, open_model
 from plexus.models.resolve import ModelFiles
 from plexus.p2p.dht import DHTNode
+from plexus.p2p.ledger_gossip import LedgerGossip
 from plexus.paths import default_data_dir
 from plexus.verification import NETWORK_ID
+from plexus.verification.proofs import check_fraud_proof
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +113,9 @@ class AsyncClient:
                 return
             store = await trio.to_thread.run_sync(lambda: open_ledger(data))
             try:
-                auditor = Auditor(identity, swarm, store)
-                yield cls(files, head, tokenizer, swarm, auditor)
+                async with LedgerGossip.open(node.host, store, check_fraud_proof) as gossip:
+                    auditor = Auditor(identity, swarm, store, publish=gossip.publish)
+                    yield cls(files, head, tokenizer, swarm, auditor)
             finally:
                 store.close()
 

@@ -170,6 +170,8 @@ async def serve(opts: ServeOptions, announce_ready: Callable[[dict], None]) -> i
             data_addr = f"{data_host}:{dataplane.port}"
             nursery.start_soon(backend.run)
             nursery.start_soon(backend.reap_idle)
+            if verifier.ledger is not None:
+                nursery.start_soon(_gossip, node, verifier)
 
             def record() -> ServerRecord:
                 return make_record(
@@ -244,6 +246,16 @@ def _make_verifier(
     blocks = max(1, int(getattr(span, "num_blocks", 1)))
     params = sum(p.numel() for p in span.parameters()) // blocks
     return ServerVerifier(identity, model_id, params_per_block=params, fault=fault, ledger=ledger)
+
+
+async def _gossip(node: DHTNode, verifier: ServerVerifier) -> None:
+    """Receive (validate, store, relay) gossiped receipts and fraud proofs until shutdown."""
+    from plexus.p2p.ledger_gossip import LedgerGossip
+    from plexus.verification.proofs import check_fraud_proof
+
+    assert verifier.ledger is not None
+    async with LedgerGossip.open(node.host, verifier.ledger, check_fraud_proof):
+        await trio.sleep_forever()
 
 
 async def _announce_loop(

@@ -13,6 +13,8 @@ import torch
 import trio
 from transformers import AutoModelForCausalLM
 
+from ledger import LedgerStore
+from ledger.engine import sqlite_url
 from plexus.client import AsyncClient
 from plexus.local_swarm import LocalSwarm
 from tests.e2e.helpers import ANNOUNCE, start_servers, wait_for_servers
@@ -76,7 +78,7 @@ def test_cheater_is_convicted_and_avoided(
     local_swarm: LocalSwarm, model_dirs: dict[str, Path], tmp_path: Path, fault: str, budget: int
 ) -> None:
     folder = model_dirs["tiny"]
-    start_servers(local_swarm, str(folder), ["0-7", "0-7"])
+    honest = start_servers(local_swarm, str(folder), ["0-7", "0-7"])
     cheater = local_swarm.start_server(str(folder), "0-7", *ANNOUNCE, "--inject-fault", fault)
     gen = torch.Generator().manual_seed(3)
     prompts = [torch.randint(3, 200, (PROMPT,), generator=gen).tolist() for _ in range(budget + 5)]
@@ -91,3 +93,7 @@ def test_cheater_is_convicted_and_avoided(
     report = ledger_verify(client_dir)
     assert report["ok"] and report["checked"]["fraud_proofs"] >= 1
     assert "TESTING ONLY" in cheater.log_path.read_text()
+    # The proof was gossiped to the servers' ledgers, which checked it before storing it.
+    for server in honest:
+        with LedgerStore(sqlite_url(local_swarm.root / server.name / "ledger.sqlite")) as theirs:
+            assert theirs.counts()["fraud_proofs"] >= 1, f"{server.name} got no fraud proof"
