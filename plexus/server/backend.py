@@ -41,10 +41,16 @@ class ServerSession:
         return self.max_length * self.batch_size
 
 
+FREE_LANE_EVERY = 4
+"""When clients with a positive balance are waiting, every FREE_LANE_EVERY-th job still
+goes to the oldest waiting job of a client with nothing (the rate-limited free lane)."""
+
+
 @dataclass
 class _Job:
     run: Callable[[], object]
     decode: tuple[ServerSession, torch.Tensor] | None = None
+    owner: str = ""  # the client's peer id (its balance sets its priority)
     done: trio.Event = field(default_factory=trio.Event)
     result: object = None
     error: BaseException | None = None
@@ -75,6 +81,9 @@ class SpanBackend:
         self.batched_steps = 0  # decode steps that ran batched with others (for reports)
         self.steps = 0
         self.accepting = True  # False while shutting down: no new sessions
+        # Client peer id -> balance (plexus.server.accounting); None: first come, first served.
+        self.priority: Callable[[str], float] | None = None
+        self._picks = 0
 
     def replace_span(self, span: SpanModel) -> None:
         """Serve other blocks (rebalancing); only allowed while no session is open."""
@@ -161,14 +170,19 @@ class SpanBackend:
             )
         hidden = hidden.to(self.device, self.span_dtype)
         decode = (session, hidden) if hidden.shape[1] == 1 and mask is None else None
-        job = _Job(lambda: session.model.step(hidden, mask), decode)
+        job = _Job(lambda: session.model.step(hidden, mask), decode, session.owner)
         return await self._submit(job)  # type: ignore[return-value]
 
     async def rollback(self, session: ServerSession, length: int) -> None:
-        await self._submit(_Job(lambda: session.model.rollback(length)))
+        await self._submit(_Job(lambda: session.model.rollback(length), owner=session.owner))
 
     async def forward(
-        self, start: int, end: int, hidden: torch.Tensor, mask: torch.Tensor | None
+        self,
+        start: int,
+        end: int,
+        hidden: torch.Tensor,
+        mask: torch.Tensor | None,
+        owner: str = "",
     ) -> torch.Tensor:
         """A stateless forward over a whole sequence (replays and audits)."""
         span, blocks = self.span, self.blocks_for(start, end)
@@ -176,7 +190,9 @@ class SpanBackend:
         if mask is None:
             mask = torch.ones(hidden.shape[:2], dtype=torch.long)
         hidden = hidden.to(self.device, self.span_dtype)
-        job = _Job(lambda: stateless_forward(span, hidden, mask.to(self.device), blocks))
+        job = _Job(
+            lambda: stateless_forward(span, hidden, mask.to(self.device), blocks), owner=owner
+        )
         return await self._submit(job)  # type: ignore[return-value]
 
     @property
@@ -233,8 +249,20 @@ class SpanBackend:
             for job in jobs:
                 job.done.set()
 
+    def _next_index(self) -> int:
+        """Highest balance first (oldest among equals); a free-lane share for the rest."""
+        if self.priority is None or len(self._queue) == 1:
+            return 0
+        balances = [self.priority(job.owner) for job in self._queue]
+        self._picks += 1
+        if self._picks % FREE_LANE_EVERY == 0:
+            free = [i for i, b in enumerate(balances) if b <= 0]
+            if free:
+                return free[0]
+        return max(range(len(balances)), key=lambda i: (balances[i], -i))
+
     def _take_batch(self) -> list[_Job]:
-        first = self._queue.pop(0)
+        first = self._queue.pop(self._next_index())
         if first.decode is None:
             return [first]
         batch = [first]

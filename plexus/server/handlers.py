@@ -161,11 +161,12 @@ class BlockServerHandlers:
         hidden, mask = _hidden_and_mask(message)
         start, end = _int(f, "start"), _int(f, "end")
         if self.verifier is None:
-            out = await self.backend.forward(start, end, hidden, mask)
+            out = await self.backend.forward(start, end, hidden, mask, peer_id)
             return Message("forward", {}, [out])
         self.backend.blocks_for(start, end)  # SPAN_MISMATCH before anything else
         tokens = hidden.shape[1] if hidden.dim() == 3 else 1
         commit_from = _int(f, "commit_from", 0, max(0, tokens - 1)) if "commit_from" in f else 0
-        out = await self.backend.forward(start, self.verifier.forward_end(start, end), hidden, mask)
+        last = self.verifier.forward_end(start, end)
+        out = await self.backend.forward(start, last, hidden, mask, peer_id)
         out, fields = await self.verifier.forward_reply(start, end, hidden, mask, out, commit_from)
         return Message("forward", fields, [out])

@@ -29,6 +29,7 @@ from plexus.p2p.dataplane import serve_dataplane
 from plexus.p2p.dht import DHTNode
 from plexus.p2p.records import ServerRecord, make_record
 from plexus.server import memory
+from plexus.server.accounting import BalanceBook
 from plexus.server.backend import SpanBackend
 from plexus.server.handlers import BlockServerHandlers
 from plexus.server.span_choice import Coverage, choose_span, should_move
@@ -172,6 +173,9 @@ async def serve(opts: ServeOptions, announce_ready: Callable[[dict], None]) -> i
             nursery.start_soon(backend.reap_idle)
             if verifier.ledger is not None:
                 nursery.start_soon(_gossip, node, verifier)
+                balances = BalanceBook(verifier.ledger)
+                backend.priority = balances
+                nursery.start_soon(balances.refresh_forever)
 
             def record() -> ServerRecord:
                 return make_record(

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import trio
+import trio.testing
 
 from plexus.models import SpanSession, load_span
 from plexus.server.backend import SpanBackend
@@ -81,3 +82,29 @@ async def test_budget_and_session_errors(span) -> None:
         assert out.shape == (1, 4, 128)
         nursery.cancel_scope.cancel()
     assert backend.expire_idle(now=1e12) == 2
+
+
+async def test_busy_server_serves_higher_balances_first(span) -> None:
+    """Priority by balance, with a rate-limited free lane for clients with nothing."""
+    backend = SpanBackend(span, max_sessions=8, cache_tokens=8 * 64)
+    balances = {"rich": 100.0, "some": 5.0, "new1": 0.0, "new2": 0.0}
+    backend.priority = lambda peer: balances.get(peer, 0.0)
+    order: list[str] = []
+    x = torch.randn(1, 2, 128)
+
+    async def submit(owner: str) -> None:
+        await backend.forward(2, 5, x, None, owner)
+        order.append(owner)
+
+    async with trio.open_nursery() as nursery:
+        # Queue everything while the worker is not running yet: the server is "busy".
+        for owner in ["new1", "new2", "some", "rich", "rich", "rich", "rich"]:
+            nursery.start_soon(submit, owner)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(backend.run)
+        with trio.fail_after(30):
+            while len(order) < 7:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    # Paying clients first, highest balance first; every 4th pick is the free lane's.
+    assert order == ["rich", "rich", "rich", "new1", "rich", "some", "new2"]
