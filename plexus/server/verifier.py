@@ -283,9 +283,7 @@ class ServerVerifier:
         seq = fields.get("receipt_seq")
         if book is None or not isinstance(seq, int) or seq not in book.pending:
             raise ServerError(ServerCode.MALFORMED_REQUEST, "no receipt awaits that countersign")
-        receipt = book.pending.pop(seq)
-        if session_id in self._closing and not book.pending:
-            del self._closing[session_id]
+        receipt = book.pending[seq]
         try:
             if public_key_of(peer_id) != receipt.client_key:
                 raise ServerError(ServerCode.MALFORMED_REQUEST, "receipt is not yours to sign")
@@ -301,6 +299,9 @@ class ServerVerifier:
         except InvalidReceipt as exc:
             self.receipts_refused += 1
             raise ServerError(ServerCode.MALFORMED_REQUEST, f"receipt refused: {exc}") from None
+        del book.pending[seq]
+        if session_id in self._closing and not book.pending:
+            del self._closing[session_id]
         if self.ledger is None:
             return False
         ledger = self.ledger
