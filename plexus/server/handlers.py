@@ -90,6 +90,8 @@ class BlockServerHandlers:
                 "sessions": len(b.sessions),
                 "max_sessions": b.max_sessions,
                 "free_cache_tokens": b.free_cache_tokens,
+                "steps": b.steps,
+                "batched_steps": b.batched_steps,
             },
         )
 

@@ -76,3 +76,30 @@ def test_examples_and_chat_cli(local_swarm: LocalSwarm, tmp_path: Path) -> None:
     assert chat.stdout.count("model> ") == 2
     assert "(conversation forgotten)" in chat.stderr
     assert chat.stderr.count("tokens/s") == 2
+
+
+def test_demo_runs_a_swarm_and_survives_a_kill(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "plexus",
+            "demo",
+            "--json",
+            "--data-dir",
+            str(tmp_path),
+            "--max-new-tokens",
+            "12",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    assert report["ok"] is True
+    assert [r["label"] for r in report["runs"]] == ["swarm", "failover"]
+    assert report["runs"][1]["failovers"] >= 1
+    assert report["runs"][0]["token_ids"] == report["runs"][1]["token_ids"]
+    assert len(report["servers"]) == 4
