@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -165,7 +166,11 @@ async def serve(opts: ServeOptions, announce_ready: Callable[[dict], None]) -> i
         )
         async with trio.open_nursery() as nursery:
             dataplane = await nursery.start(
-                serve_dataplane, identity, opts.host, opts.data_port, handlers.router
+                partial(serve_dataplane, on_disconnect=_dropper(backend)),
+                identity,
+                opts.host,
+                opts.data_port,
+                handlers.router,
             )
             data_host = opts.announce_host or opts.host
             data_addr = f"{data_host}:{dataplane.port}"
@@ -308,6 +313,16 @@ async def _rebalance_loop(
         )
         backend.replace_span(new_span)
         await node.announce(record())
+
+
+def _dropper(backend: SpanBackend) -> Callable[[str], None]:
+    """A client that disconnected will not come back for its caches: free them."""
+
+    def drop(peer_id: str) -> None:
+        if n := backend.close_sessions_of(peer_id):
+            log.info("client %s disconnected; dropped its %d session(s)", peer_id, n)
+
+    return drop
 
 
 def node_model_id(record: Callable[[], ServerRecord]) -> str:

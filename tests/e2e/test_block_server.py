@@ -128,6 +128,13 @@ async def _exhaust_cache(boot: str, data_dir: Path) -> None:
         # The server keeps serving a session that fits.
         result = await c.generate_ids([1, 2, 3], max_new_tokens=5, eos=False)
         assert len(result.token_ids) == 5
+        # A client that disconnects leaves no sessions behind: its cache is free again.
+        await c.swarm.pool.drop(server.peer_id)
+        conn = await c.swarm.pool.get(server.peer_id, server.address)
+        with trio.fail_after(10):
+            while (await conn.request(Message("info"), timeout=10)).fields["sessions"]:
+                await trio.sleep(0.1)
+        await conn.request(hog, timeout=10)
 
 
 def test_cache_exhausted_is_reported_and_others_are_served(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -28,6 +29,8 @@ class DataplaneServer:
     limits: Limits
     addresses: list[tuple[str, int]]
     connections: set[Connection] = field(default_factory=set)
+    on_disconnect: Callable[[str], None] | None = None
+    """Called with a peer id when that peer's last connection has closed."""
     sockets_open: int = 0
     """TCP connections held, including those still in the handshake."""
     handshakes_failed: int = 0
@@ -48,6 +51,7 @@ async def serve_dataplane(
     handler: Handler,
     *,
     limits: Limits | None = None,
+    on_disconnect: Callable[[str], None] | None = None,
     task_status: trio.TaskStatus[DataplaneServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve `handler` on `host:port` (port 0: any free port) until cancelled.
@@ -59,7 +63,7 @@ async def serve_dataplane(
     limits = limits or Limits()
     listeners = await trio.open_tcp_listeners(port, host=host)
     addresses = [listener.socket.getsockname()[:2] for listener in listeners]
-    server = DataplaneServer(identity, limits, addresses)
+    server = DataplaneServer(identity, limits, addresses, on_disconnect=on_disconnect)
     log.info("data plane of %s listening on %s", identity.peer_id_str, addresses)
     async with trio.open_nursery() as nursery:
         for listener in listeners:
@@ -113,6 +117,13 @@ async def _serve_connection(
     finally:
         if connection is not None:
             server.connections.discard(connection)
+            peer = connection.peer_id
+            still_connected = any(c.peer_id == peer for c in server.connections)
+            if server.on_disconnect is not None and not still_connected:
+                try:
+                    server.on_disconnect(peer)
+                except Exception:  # a failing callback must not take the server down
+                    log.exception("on_disconnect callback failed for %s", peer)
         server.sockets_open -= 1
         with trio.CancelScope(shield=True):
             await stream.aclose()
