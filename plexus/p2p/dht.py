@@ -9,7 +9,7 @@ signed ServerRecords and clients find the servers of a model.
 Liveness comes only from record expiry: py-libp2p never evicts dead peers or providers,
 so a dead server vanishes from find_servers once its last record expires.
 Workarounds for py-libp2p 0.8.1 are marked "edge N" (the sharp edges listed in
-docs/protocol-dht.md, "Implementation notes").
+docs/protocol.md, Part 1, "Implementation notes").
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The DHT keys Plexus uses (docs/protocol-dht.md, "Keys").
+"""The DHT keys Plexus uses (docs/protocol.md, Part 1, "Keys").
 
 - `/plexus/<peer-id>`: a value key holding that peer's signed ServerRecord envelope.
 - provider keys: sha2-256 multihashes naming (model, shard); servers of a model register

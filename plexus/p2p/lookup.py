@@ -2,7 +2,7 @@
 as soon as enough of them have answered.
 
 Read-only: it never consults or fills py-libp2p's local value/provider caches (sharp edge
-5 in docs/protocol-dht.md), so answers are as fresh as the network's.
+5 in docs/protocol.md, Part 1), so answers are as fresh as the network's.
 """
 
 from __future__ import annotations

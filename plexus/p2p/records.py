@@ -2,7 +2,7 @@
 it serves, how fast, and where its data plane listens.
 
 Pure functions only (no I/O, no clock unless `now` is omitted). The byte layout, limits and
-rejection codes are specified in docs/protocol-dht.md; keep the two in step.
+rejection codes are specified in docs/protocol.md, Part 1; keep the two in step.
 
 Envelope (all offsets in bytes)::
 
@@ -74,7 +74,7 @@ _HOST_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)$")
 
 
 class Reason(IntEnum):
-    """Why a record was rejected; the numbers are wire-stable (docs/protocol-dht.md)."""
+    """Why a record was rejected; the numbers are wire-stable (docs/protocol.md, Part 1)."""
 
     MALFORMED = 1
     OVERSIZED = 2

@@ -1,6 +1,6 @@
 """The tensor data plane: authenticated, encrypted request/reply over its own TCP port.
 
-Discovery stays on libp2p; hidden states travel here (see docs/protocol-dataplane.md).
+Discovery stays on libp2p; hidden states travel here (see docs/protocol.md, Part 2).
 
     server = await nursery.start(serve_dataplane, identity, "127.0.0.1", 0, handler)
     async with connect(identity, ("127.0.0.1", server.port), server.peer_id) as conn:

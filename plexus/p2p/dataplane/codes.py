@@ -1,4 +1,4 @@
-"""Numeric error codes carried by data-plane `_error` messages (docs/protocol-dataplane.md).
+"""Numeric error codes carried by data-plane `_error` messages (docs/protocol.md, Part 2).
 
 Ranges:
   1-99     the data plane itself (this module)

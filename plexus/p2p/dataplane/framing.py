@@ -1,4 +1,4 @@
-"""Encrypted frames carrying whole messages (docs/protocol-dataplane.md, "Frames").
+"""Encrypted frames carrying whole messages (docs/protocol.md, Part 2, "Frames").
 
 Frame = 4-byte big-endian word | ChaCha20-Poly1305 ciphertext of the payload | 16-byte tag.
 The word holds MORE (bit 31: further frames of this message follow), a reserved bit (30,

@@ -1,4 +1,4 @@
-"""Mutually authenticated key agreement bound to both peer ids (docs/protocol-dataplane.md).
+"""Mutually authenticated key agreement bound to both peer ids (docs/protocol.md, Part 2).
 
 Three fixed-size messages, dialer C to listener S:
 

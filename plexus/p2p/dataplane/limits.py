@@ -1,4 +1,4 @@
-"""Every size and time limit of the data plane in one place (docs/protocol-dataplane.md)."""
+"""Every size and time limit of the data plane in one place (docs/protocol.md, Part 2)."""
 
 from __future__ import annotations
 

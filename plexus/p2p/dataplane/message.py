@@ -1,4 +1,4 @@
-"""Messages: a compact JSON header plus the tensors' raw bytes (docs/protocol-dataplane.md).
+"""Messages: a compact JSON header plus the tensors' raw bytes (docs/protocol.md, Part 2).
 
 Layout: u32 big-endian header length H | H bytes of UTF-8 JSON | for each tensor: zero
 padding up to a multiple of 64 bytes from the message start, then its `nbytes` bytes.
