@@ -3,8 +3,9 @@
 For every (model, span, dtype of the audited server, dtype of the auditor, batch size) the
 audited server runs a session (one prefill chunk, then one token per step, batch rows of
 different lengths left-padded) and the auditor re-runs the whole input as one stateless
-forward. Each step is one audit: its full-tensor error (what the client checks) and the
-sketch distance between the two signed commitments (what a fraud proof's checker sees)
+forward, with the same batch and (for batches > 1) also row by row, as batch size 1.
+Each step is one audit: its full-tensor error (what the client checks) and the sketch
+distance between the two signed commitments (what a fraud proof's checker sees)
 are compared with the tolerances in `plexus.verification.compare`.
 
 `benchmarks/verification_calibration.py` prints the table for docs/verification.md and
@@ -85,6 +86,12 @@ def run(
                 if pre is not None:
                     x = stateless_forward(pre, x, mask).float()
                 refs = {d: _reference(spans[d], x, mask) for d in DTYPES}
+                if batch > 1:  # the auditor runs each row alone: another batch shape
+                    for d in DTYPES:
+                        refs[f"{d}(rows)"] = torch.cat(
+                            [_reference(spans[d], x[r : r + 1], mask[r : r + 1])
+                             for r in range(batch)]
+                        )  # fmt: skip
                 for served in DTYPES:
                     steps = _serve(spans[served], x, mask, prefill, start, end, fault)
                     for audited_by, ref in refs.items():
