@@ -58,6 +58,18 @@ def section(scenario: Scenario, summary: dict[str, Any], images: list[str], rel:
             f"{_fmt(summary['tokens_per_s_median_via_slow'])} / "
             f"{_fmt(summary['tokens_per_s_median_not_via_slow'])} |"
         )
+    if summary.get("sessions_via_cheater"):
+        lines.append(
+            f"| sessions through a cheating server / their median tokens/s | "
+            f"{summary['sessions_via_cheater']:,} / "
+            f"{_fmt(summary['tokens_per_s_median_via_cheater'])} |"
+        )
+    if "share_of_them_given_any_stream" in summary:
+        lines.append(
+            f"| peers that served / share of them ever routed to | "
+            f"{summary['peers_that_served']:,} / "
+            f"{summary['share_of_them_given_any_stream'] * 100:.1f}% |"
+        )
     for group, info in summary["conviction"].items():
         lines.append(
             f"| {group}: joined / routed to / convicted / median hours to convict | "

@@ -3,8 +3,9 @@
 A view is what a client reads from the DHT: one `ServerInfo` per announced server, with the
 load and reputation it had when the view was taken. Views are rebuilt every
 `view_refresh_s` (servers that left meanwhile stay in them, as records outlive their
-servers until the TTL), and at once after a conviction. Round trips depend on the client's
-region, so each region has its own round-trip table and its own plans.
+servers until the TTL); convicted servers are excluded from plans at once by the caller.
+Round trips depend on the client's region, so each region has its own round-trip table and
+its own plans.
 
 `plan_route` is a pure function, so calls with identical arguments are answered from a
 cache; and it runs on the undominated servers only (`simulations.frontier`), which finds

@@ -53,6 +53,7 @@ class Simulation:
         self.metrics = Metrics()
         self.c = self.metrics.counters
         self.sessions: dict[int, Session] = {}
+        self.convicted_names: set[str] = set()
         self.online: list[Peer] = []  # serving peers, for sampling auditors
         self._online_pos: dict[int, int] = {}
         self.consumers = [
@@ -211,7 +212,8 @@ class Simulation:
         for _ in range(self.cfg.max_open_attempts):
             view = self.router.current(self.q.now, self.peers)
             try:
-                route = self.router.plan(view, s.region, start, end, s.excluded)
+                banned = s.excluded | self.convicted_names
+                route = self.router.plan(view, s.region, start, end, banned)
             except MissingBlocksError:
                 return None
             failed = False
@@ -406,7 +408,9 @@ class Simulation:
             self.c.false_convictions += 1
         else:
             self.c.true_convictions += 1
-        self.router.invalidate()
+        # Everyone learns of a fraud proof at once: excluded from every plan from now on,
+        # without rebuilding the (still stale) view.
+        self.convicted_names.add(server.name)
         if server.online:
             self._leave_convicted(server)
 

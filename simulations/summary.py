@@ -74,6 +74,10 @@ def summarise(sim: Simulation) -> dict[str, Any]:
         "tokens_per_s": {f"p{q}": _r(_pct(rate, q / 100)) for q in (10, 50, 90)},
         "tokens_per_s_median_via_slow": _r(_pct(slow, 0.5)),
         "tokens_per_s_median_not_via_slow": _r(_pct(fast, 0.5)),
+        "tokens_per_s_median_via_cheater": _r(
+            _pct([x.tokens_per_s for x in ok if x.via_cheater], 0.5)
+        ),
+        "sessions_via_cheater": sum(1 for x in m.sessions if x.via_cheater),
         "failovers_per_session": {
             "mean": _r(sum(fails) / max(1, len(fails))),
             "max": max(fails, default=0),

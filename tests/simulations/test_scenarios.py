@@ -47,7 +47,9 @@ def test_convicted_peers_are_never_routed_to_again(runs: dict[str, Simulation], 
     assert sim.c.convicted_routed == 0
     convicted = {p.name for p in sim.peers if p.convicted_at is not None}
     view = sim.router.current(sim.q.now, sim.peers)
-    assert not convicted & {s.peer_id for s in view.servers if s.reputation > 0}
+    for region in ("eu", "asia"):
+        route = sim.router.plan(view, region, 0, sim.cfg.num_blocks - 1, sim.convicted_names)
+        assert not convicted & {h.peer_id for h in route.hops}
     for session in sim.sessions.values():
         assert not convicted & {h.peer.name for h in session.hops}
 
