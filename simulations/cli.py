@@ -41,6 +41,17 @@ def run_one(name: str, peers: int, hours: float | None, seed: int, out: Path, pl
     return summary
 
 
+def _dht_from_csv(path: Path) -> dict:
+    """DHT figures of a run whose summary predates them, from its sessions.csv."""
+    import csv
+
+    from simulations.summary import dht_stats
+
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    return dht_stats([int(r["dht_hops"]) for r in rows], [float(r["dht_s"]) for r in rows])
+
+
 def _rel(out: Path) -> str:
     """How docs/simulations.md links to files in `out`."""
     where = out.resolve()
@@ -62,6 +73,9 @@ def refresh_docs(results: Path, doc: Path) -> list[str]:
         out = results / name
         if (out / "summary.json").exists():
             summary = json.loads((out / "summary.json").read_text())
+            if "dht" not in summary and (out / "sessions.csv").exists():
+                summary["dht"] = _dht_from_csv(out / "sessions.csv")
+                (out / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
             images = sorted(p.name for p in out.glob("*.png"))
             write_section(out, section(SCENARIOS[name], summary, images, _rel(out)))
         part = out / "section.md"

@@ -16,6 +16,16 @@ def _fmt(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
+def _dht(summary: dict[str, Any]) -> list[str]:
+    d = summary.get("dht")
+    if not d:
+        return []
+    return [
+        f"| DHT lookup: mean hops; latency p50 / p90 / p99 (s) | {d['hops_mean']}; "
+        f"{_fmt(d['latency_p50_s'])} / {_fmt(d['latency_p90_s'])} / {_fmt(d['latency_p99_s'])} |"
+    ]
+
+
 def section(scenario: Scenario, summary: dict[str, Any], images: list[str], rel: str) -> str:
     c = summary["counters"]
     lines = [
@@ -25,7 +35,8 @@ def section(scenario: Scenario, summary: dict[str, Any], images: list[str], rel:
         "",
         f"`python -m simulations run {scenario.name} --peers {summary['peers']} "
         f"--hours {summary['hours']:g} --seed {summary['seed']}`: "
-        f"**{summary['wall_seconds']:.0f} s** wall time, {summary['sessions']:,} sessions.",
+        f"**{summary.get('total_seconds', summary['wall_seconds']):.0f} s** wall time "
+        f"(plus ~8 s of imports), {summary['sessions']:,} sessions.",
         "",
         "| figure | value |",
         "|---|---|",
@@ -37,6 +48,7 @@ def section(scenario: Scenario, summary: dict[str, Any], images: list[str], rel:
         f"| failovers per session (mean / max) | {_fmt(summary['failovers_per_session']['mean'])} "
         f"/ {summary['failovers_per_session']['max']} |",
         f"| sessions with a failover | {summary['sessions_with_failover']:,} |",
+        *_dht(summary),
         f"| open retries (stale view, full server) | {c['open_retries']:,} |",
         f"| uncovered blocks after warm-up (min / max) | "
         f"{summary['min_uncovered_blocks_after_warmup']} / "

@@ -532,6 +532,8 @@ class Simulation:
     def _group(p: Peer) -> str:
         if p.role in (Role.CHEATER, Role.SLEEPER):
             return f"{p.role.value} {p.cheat_rate:g}"
+        if p.role is Role.HONEST:
+            return "honest, routed to" if p.streams else "honest, never routed to"
         return p.role.value
 
     def summary(self) -> dict[str, Any]:

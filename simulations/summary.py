@@ -22,6 +22,15 @@ def _r(x: float, digits: int = 3) -> float | None:
     return None if math.isnan(x) else round(x, digits)
 
 
+def dht_stats(hops: list[int], seconds: list[float]) -> dict[str, float | None]:
+    return {
+        "hops_mean": _r(sum(hops) / max(1, len(hops)), 2),
+        "latency_p50_s": _r(_pct(seconds, 0.5)),
+        "latency_p90_s": _r(_pct(seconds, 0.9)),
+        "latency_p99_s": _r(_pct(seconds, 0.99)),
+    }
+
+
 def summarise(sim: Simulation) -> dict[str, Any]:
     m, c, cfg = sim.metrics, sim.metrics.counters, sim.cfg
     ok = [s for s in m.sessions if s.outcome == "ok"]
@@ -78,6 +87,7 @@ def summarise(sim: Simulation) -> dict[str, Any]:
             _pct([x.tokens_per_s for x in ok if x.via_cheater], 0.5)
         ),
         "sessions_via_cheater": sum(1 for x in m.sessions if x.via_cheater),
+        "dht": dht_stats([x.dht_hops for x in m.sessions], [x.dht_s for x in m.sessions]),
         "failovers_per_session": {
             "mean": _r(sum(fails) / max(1, len(fails))),
             "max": max(fails, default=0),
