@@ -137,15 +137,20 @@ class LocalSwarm:
         return [self.bootstrap.multiaddr] if self.bootstrap else []
 
     def close(self, timeout: float = 15.0) -> None:
-        for peer in self.peers:
-            peer.signal(signal.SIGTERM)
+        """SIGTERM the servers (so they can withdraw through the bootstrap), then the
+        bootstrap; SIGKILL whatever has not exited by `timeout`."""
+        servers = [p for p in self.peers if p is not self.bootstrap]
+        last = [self.bootstrap] if self.bootstrap in self.peers else []
         deadline = time.monotonic() + timeout
-        for peer in self.peers:
-            try:
-                peer.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                peer.process.kill()
-                peer.process.wait(10)
+        for group in (servers, last):
+            for peer in group:
+                peer.signal(signal.SIGTERM)
+            for peer in group:
+                try:
+                    peer.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    peer.process.kill()
+                    peer.process.wait(10)
         self.peers = []
 
 
