@@ -61,6 +61,7 @@ AUDIT_TIMEOUT_S = 60.0
 COMMITMENT_TAG = "commitment/v1"
 CAUGHT_REPUTATION = 0.25  # planner reputation of a server that recently failed an audit
 MAX_PROOF_ATTEMPTS = 3
+MAX_AUDITORS_TRIED = 2  # other servers asked in turn when an auditor does not answer
 
 
 @dataclass
@@ -203,6 +204,8 @@ class Auditor:
             or commitment.output_hash != tensor_hash(out)
         ):
             raise NetworkError(f"{peer} committed to something else than it returned")
+        if not bool(torch.isfinite(out).all()):
+            raise NetworkError(f"{peer} returned non-finite hidden states")
         audit.hasher.update(hidden, mask)
         audit.records.append(StepRecord(position, hidden.shape[1], digest, signed, commitment))
         audit.tokens_sent += hidden.shape[0] * hidden.shape[1]
@@ -227,8 +230,13 @@ class Auditor:
 
     def rolled_back(self, state: HopState, length: int) -> None:
         audit = state.audit
-        audit.records = [r for r in audit.records if r.position + r.tokens <= length]
-        audit.outputs = audit.outputs[: len(audit.records)]
+        kept = [
+            (r, o)
+            for r, o in zip(audit.records, audit.outputs, strict=True)
+            if r.position + r.tokens <= length
+        ]
+        audit.records = [r for r, _ in kept]
+        audit.outputs = [o for _, o in kept]
         audit.audited = min(audit.audited, length)
         audit.hasher = None
         if length:
@@ -292,22 +300,28 @@ class Auditor:
         if self._rng.random() >= self.probability(peer):
             self.stats.skipped += 1
             return True
-        auditor_id = self._pick(state, {peer})
-        if auditor_id is None:
-            self.stats.unavailable += 1
-            log.info("no other server holds blocks %d-%d: not audited", *_span(state))
-            return True
         x, m = state.history()
-        records = [r for r in audit.records if r.position >= first]
-        outputs = audit.outputs[len(audit.records) - len(records) :]
-        self.stats.audits += 1
-        self.stats.served_tokens += sum(r.tokens for r in records) * x.shape[0]
-        original = torch.cat(outputs, dim=1)
-        auditor = await self._forward(auditor_id, state, x, m, first)
+        steps = [
+            (r, o) for r, o in zip(audit.records, audit.outputs, strict=True) if r.position >= first
+        ]
+        if not steps:
+            return True
+        records = [r for r, _ in steps]
+        auditor, tried = None, {peer}
+        while auditor is None and len(tried) <= MAX_AUDITORS_TRIED:
+            auditor_id = self._pick(state, tried)
+            if auditor_id is None:
+                break
+            tried.add(auditor_id)
+            auditor = await self._forward(auditor_id, state, x, m, first)
         if auditor is None:
             self.stats.unavailable += 1
+            log.info("no other server could audit blocks %d-%d", *_span(state))
             return True
-        bad = self._mismatched(records, original, auditor.out, x, m)
+        auditor_id = auditor.peer_id
+        self.stats.audits += 1
+        self.stats.served_tokens += sum(r.tokens for r in records) * x.shape[0]
+        bad = self._mismatched(steps, auditor.out, x, m)
         if not bad:
             self.stats.passed += 1
             await self._record(state, peer, Outcome.PASS, records[-1].inputs_hash)
@@ -326,7 +340,7 @@ class Auditor:
             self._failed(auditor_id)
             await self._record(state, peer, Outcome.FAIL, records[-1].inputs_hash)
             return False
-        with_original = not self._mismatched(records, original, arbiter.out, x, m)
+        with_original = not self._mismatched(steps, arbiter.out, x, m)
         with_auditor = not self._disagree(arbiter.out, auditor.out, x, m, first)
         if with_auditor and not with_original:
             self.stats.failed += 1
@@ -356,18 +370,16 @@ class Auditor:
 
     def _mismatched(
         self,
-        records: list[StepRecord],
-        original: torch.Tensor,
+        steps: list[tuple[StepRecord, torch.Tensor]],
         reference: torch.Tensor,
         x: torch.Tensor,
         m: torch.Tensor,
     ) -> list[StepRecord]:
+        """The steps whose update differs from the reference's beyond the tolerance."""
         bad = []
-        offset = records[0].position
-        for r in records:
+        for r, out in steps:
             a, b = r.position, r.position + r.tokens
-            mine = original[:, a - offset : b - offset] - x[:, a:b]
-            theirs = reference[:, a:b] - x[:, a:b]
+            mine, theirs = out - x[:, a:b], reference[:, a:b] - x[:, a:b]
             if step_errors(mine, theirs, m[:, a:b]) > FULL_TOLERANCE:
                 bad.append(r)
         return bad

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 TOPICS = {"receipt": "/plexus/ledger/receipt/1", "fraud": "/plexus/ledger/fraud/1"}
 MAX_MESSAGE_BYTES = 70_000
 PEER_STREAM_TIMEOUT_S = 5.0
+RETRY_PEER_S = 300.0
 
 
 class LedgerGossip:
@@ -81,12 +82,18 @@ class LedgerGossip:
 
     async def _adopt_connected_peers(self) -> None:
         """Peers connected before pubsub started get no 'connected' event: add them,
-        and keep adding peers the DHT connects to later."""
+        and keep adding peers the DHT connects to later. Peers without pubsub (a
+        bootstrap peer) are asked again only after `RETRY_PEER_S`."""
+        refused: dict[ID, float] = {}
         while True:
+            now = trio.current_time()
             for peer in self.pubsub.host.get_connected_peers():
+                if peer in self.pubsub.peers or now < refused.get(peer, 0.0):
+                    continue
+                with trio.move_on_after(PEER_STREAM_TIMEOUT_S):
+                    await self.pubsub.ensure_peer_stream(peer, PEER_STREAM_TIMEOUT_S)
                 if peer not in self.pubsub.peers:
-                    with trio.move_on_after(PEER_STREAM_TIMEOUT_S):
-                        await self.pubsub.ensure_peer_stream(peer, PEER_STREAM_TIMEOUT_S)
+                    refused[peer] = trio.current_time() + RETRY_PEER_S
             await trio.sleep(2.0)
 
     async def _drain(self, kind: str, subscription: object) -> None:
