@@ -142,3 +142,29 @@ def test_cache_exhausted_is_reported_and_others_are_served(
 ) -> None:
     start_servers(local_swarm, str(model_dirs["tiny"]), ["0-7"], "--cache-tokens", "64")
     trio.run(_exhaust_cache, local_swarm.initial_peers[0], tmp_path / "c")
+
+
+async def _span_of(multiaddr: str, model_id: str, peer_id: str, want: tuple[int, int]) -> float:
+    started = trio.current_time()
+    async with DHTNode.open(Identity.generate(), "127.0.0.1", 0, [multiaddr]) as node:
+        with trio.fail_after(60):
+            while True:
+                spans = {r.peer_id: (r.start, r.end) for r in await node.find_servers(model_id)}
+                if spans.get(peer_id) == want:
+                    return trio.current_time() - started
+                await trio.sleep(0.5)
+
+
+def test_server_moves_to_blocks_nobody_serves(
+    local_swarm: LocalSwarm, model_dirs: dict[str, Path]
+) -> None:
+    tiny = str(model_dirs["tiny"])
+    first = start_servers(local_swarm, tiny, ["0-3"])[0]
+    mover = local_swarm.start_server(
+        tiny, None, "--num-blocks", "4", "--announce-period", "2", "--rebalance-period", "2"
+    )
+    assert (mover.info["start"], mover.info["end"]) == (4, 7), "uncovered blocks come first"
+    start_servers(local_swarm, tiny, ["4-7"])
+    first.signal(signal.SIGKILL)
+    # Blocks 0-3 are now unserved; the mover's 4-7 is covered by the new server.
+    trio.run(_span_of, local_swarm.initial_peers[0], mover.info["model_id"], mover.peer_id, (0, 3))
