@@ -110,3 +110,35 @@ def test_hostile_fields_and_noise(span, tmp_path: Path) -> None:  # type: ignore
             nursery.cancel_scope.cancel()
 
     trio.run(main)
+
+
+def test_inputs_hash_follows_rollbacks(span, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """After a rollback (at a step boundary or inside a chunk) the next commitment names
+    the hash of exactly the kept prefix plus the new tokens, as a client computes it."""
+    _, _, handlers = make(span, tmp_path)
+    me = Identity.generate(os.urandom(32)).peer_id_str
+    x = torch.randn(1, 8, 128)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(handlers.backend.run)
+            opened = await handlers.on_open(
+                me, Message("open", {"model_id": "m", "start": 0, "end": 3, "max_length": 64})
+            )
+            sid = opened.fields["session_id"]
+
+            async def step(a: int, b: int) -> str:
+                fields = {"session_id": sid, "length": a}
+                reply = await handlers.on_step(me, Message("step", fields, [x[:, a:b]]))
+                return reply.fields["inputs_hash"]
+
+            await step(0, 4)
+            await step(4, 5)
+            for keep in (4, 2):  # a step boundary, then inside the first chunk
+                await handlers.on_rollback(
+                    me, Message("rollback", {"session_id": sid, "length": keep})
+                )
+                assert await step(keep, keep + 2) == inputs_hash(x[:, : keep + 2], None).hex()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
