@@ -15,7 +15,7 @@ from ledger.fraud import commitment_message
 from ledger.receipts import decode_receipt
 from ledger.signing import verify
 from plexus.identity import Identity
-from plexus.models import load_span
+from plexus.models import SpanSession, load_span
 from plexus.p2p.dataplane import Message
 from plexus.server.backend import SpanBackend
 from plexus.server.errors import ServerCode, ServerError
@@ -23,6 +23,7 @@ from plexus.server.handlers import BlockServerHandlers
 from plexus.server.verifier import RECEIPT_EVERY, ServerVerifier
 from plexus.verification import NETWORK_ID
 from plexus.verification.commitments import Commitment, inputs_hash, tensor_hash
+from plexus.verification.compare import FULL_TOLERANCE, step_errors
 from plexus.verification.faults import Fault
 
 
@@ -139,6 +140,28 @@ def test_inputs_hash_follows_rollbacks(span, tmp_path: Path) -> None:  # type: i
                     me, Message("rollback", {"session_id": sid, "length": keep})
                 )
                 assert await step(keep, keep + 2) == inputs_hash(x[:, : keep + 2], None).hex()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def test_skip_fault_drops_a_block_and_is_caught(span, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    _, _, handlers = make(span, tmp_path, Fault("skip"))
+    me = Identity.generate(os.urandom(32)).peer_id_str
+    x = torch.randn(1, 5, 128)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(handlers.backend.run)
+            opened = await handlers.on_open(
+                me, Message("open", {"model_id": "m", "start": 0, "end": 3, "max_length": 64})
+            )
+            session = handlers.backend.sessions[opened.fields["session_id"]]
+            assert len(session.model.blocks) == 3  # of 4
+            fields = {"session_id": session.id, "length": 0}
+            reply = await handlers.on_step(me, Message("step", fields, [x]))
+            honest = SpanSession(span).step(x)
+            assert step_errors(reply.tensors[0] - x, honest - x, None) > FULL_TOLERANCE
             nursery.cancel_scope.cancel()
 
     trio.run(main)
