@@ -28,6 +28,7 @@ FIRST_STEP_TIMEOUT_S = 60.0  # before any step time was measured
 MIN_STEP_TIMEOUT_S = 3.0
 TIMEOUT_FACTOR = 20.0  # a step may take this many times its expected duration
 MAX_RECOVERY_ATTEMPTS = 6
+CLOSE_TIMEOUT_S = 5.0
 LOOKUP_RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0)
 
 
@@ -166,7 +167,8 @@ class InferenceSession:
 
     async def close(self) -> None:
         """Tell the servers to free their caches (best effort, bounded)."""
-        with trio.move_on_after(2.0):
+        # Bounded, with room for the final receipt's exchange (two durable writes).
+        with trio.move_on_after(CLOSE_TIMEOUT_S):
             async with trio.open_nursery() as nursery:
                 for state in self.hops:
                     nursery.start_soon(self._close_one, state)
@@ -192,7 +194,7 @@ class InferenceSession:
                 back = await self.auditor.take_receipt(state, reply.fields)
                 if back:
                     message = Message("receipt", {"session_id": state.session_id, **back})
-                    await conn.request(message, timeout=2.0)
+                    await conn.request(message, timeout=CLOSE_TIMEOUT_S)
         except NetworkError:
             pass
 
