@@ -15,6 +15,10 @@ from plexus.models.head import ClientHead
 from plexus.models.resolve import ModelFiles, open_model
 from plexus.models.span import SpanModel
 
+# tqdm's monitor thread wakes every few seconds for the process' whole life; our bars are
+# short-lived, and servers should not pay for a stray thread in the decode loop.
+tqdm.monitor_interval = 0
+
 DTYPES = {
     "fp32": torch.float32,
     "float32": torch.float32,
