@@ -48,8 +48,9 @@ class CheaterRow:
     first_served_h: float
     cheats_from_h: float
     convicted_h: float  # nan when never convicted
-    time_to_convict_h: float
+    time_to_convict_h: float  # from the first stream it was routed while cheating
     streams: int
+    cheat_streams: int  # streams routed to it while it cheated (until convicted)
     audited: int
     audit_rate: float
 

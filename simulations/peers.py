@@ -44,6 +44,8 @@ class Peer:
     last_failed_audit: float | None = None
     joined_at: float | None = None  # first time it served
     streams: int = 0
+    cheat_streams: int = 0  # streams it was routed while cheating
+    first_cheat_stream_at: float | None = None
     audited: int = 0
     epoch: int = 0  # bumped at every join / leave, to drop stale events
 

@@ -90,11 +90,10 @@ def write_plots(out: Path, metrics: Metrics, title: str) -> list[str]:
     ax.legend(fontsize=8)
     save(fig, "balances.png")
 
-    horizon_h = max((r.t_h for r in metrics.samples), default=0.0)
-    if any(row.streams > 0 for row in metrics.cheaters):
+    if any(row.cheat_streams > 0 for row in metrics.cheaters):
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
         groups: dict[str, list[float]] = defaultdict(list)
-        served = [r for r in metrics.cheaters if r.streams > 0 and r.cheats_from_h < horizon_h]
+        served = [r for r in metrics.cheaters if r.cheat_streams > 0]
         for row in served:
             groups[f"{row.role} {row.cheat_rate:g}"].append(row.time_to_convict_h)
         labels = sorted(groups)
@@ -112,7 +111,7 @@ def write_plots(out: Path, metrics: Metrics, title: str) -> list[str]:
             )
         axes[0].set_xticks(range(len(labels)), labels, fontsize=7)
         axes[0].set_xlim(-0.5, len(labels) - 0.5)
-        axes[0].set_ylabel("hours from first cheating to conviction")
+        axes[0].set_ylabel("hours from first cheating stream to conviction")
         axes[0].set_title("time to convict vs cheat rate and audit rate")
         for label in labels:
             rows = [r for r in served if f"{r.role} {r.cheat_rate:g}" == label]

@@ -84,9 +84,10 @@ def section(scenario: Scenario, summary: dict[str, Any], images: list[str], rel:
         )
     for group, info in summary["conviction"].items():
         lines.append(
-            f"| {group}: joined / routed to / convicted / median hours to convict | "
-            f"{info['peers']} / {info['routed_to']} / {info['convicted']} / "
-            f"{_fmt(info['median_hours_to_convict'])} |"
+            f"| {group}: joined / routed to while cheating / convicted / median hours and "
+            f"streams until convicted | {info['peers']} / {info['routed_to']} / "
+            f"{info['convicted']} / {_fmt(info['median_hours_to_convict'])} h, "
+            f"{_fmt(info.get('median_streams_while_cheating'))} streams |"
         )
     balances = ", ".join(
         f"{g} {_fmt(v)}" for g, v in sorted(summary["final_mean_balance_credits"].items())

@@ -239,7 +239,11 @@ class Simulation:
                 h.peer.sessions.add(s.id)
                 h.peer.streams += 1
                 s.via_slow |= h.peer.role is Role.SLOW
-                s.via_cheater |= h.peer.is_cheater
+                if h.peer.rate_at(self.q.now) > 0.0:
+                    s.via_cheater = True
+                    h.peer.cheat_streams += 1
+                    if h.peer.first_cheat_stream_at is None:
+                        h.peer.first_cheat_stream_at = self.q.now
             return hops, elapsed + slowest
         return None
 
@@ -490,6 +494,7 @@ class Simulation:
             first = p.joined_at / 3600.0
             cheats_from = (p.joined_at + p.cheats_after_s) / 3600.0
             convicted = NAN if p.convicted_at is None else p.convicted_at / 3600.0
+            exposed = p.first_cheat_stream_at
             self.metrics.cheaters.append(
                 CheaterRow(
                     p.name,
@@ -498,8 +503,11 @@ class Simulation:
                     first,
                     cheats_from,
                     convicted,
-                    convicted - cheats_from if p.convicted_at is not None else NAN,
+                    NAN
+                    if exposed is None or p.convicted_at is None
+                    else convicted - exposed / 3600,
                     p.streams,
+                    p.cheat_streams,
                     p.audited,
                     p.audited / max(1, p.streams),
                 )

@@ -40,11 +40,14 @@ def summarise(sim: Simulation) -> dict[str, Any]:
     by_rate: dict[str, dict[str, Any]] = {}
     for row in m.cheaters:
         key = f"{row.role} {row.cheat_rate:g}"
-        entry = by_rate.setdefault(key, {"peers": 0, "used": 0, "convicted": 0, "hours": []})
+        entry = by_rate.setdefault(
+            key, {"peers": 0, "used": 0, "convicted": 0, "hours": [], "streams": []}
+        )
         entry["peers"] += 1
-        if row.streams == 0 or row.cheats_from_h >= cfg.hours:
-            continue  # never routed to, or never cheated: nothing to catch
+        if row.cheat_streams == 0:
+            continue  # never routed to while cheating: nothing to catch, nothing earned
         entry["used"] += 1
+        entry["streams"].append(row.cheat_streams)
         if not math.isnan(row.time_to_convict_h):
             entry["convicted"] += 1
             entry["hours"].append(row.time_to_convict_h)
@@ -54,6 +57,7 @@ def summarise(sim: Simulation) -> dict[str, Any]:
             "routed_to": v["used"],
             "convicted": v["convicted"],
             "median_hours_to_convict": _r(median(v["hours"])) if v["hours"] else None,
+            "median_streams_while_cheating": median(v["streams"]) if v["streams"] else None,
         }
         for k, v in sorted(by_rate.items())
     }
