@@ -82,3 +82,47 @@ def emit_json(payload: dict[str, Any]) -> None:
     json.dump(payload, sys.stdout, sort_keys=True)
     sys.stdout.write("\n")
     sys.stdout.flush()
+
+
+def add_emulate_latency(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--emulate-latency",
+        default=None,
+        metavar="DELAY[:JITTER]",
+        help="TESTING ONLY: hold everything this peer sends on the data plane for DELAY "
+        "(plus up to JITTER), e.g. 20ms or 20ms:5ms, to emulate a wide-area network",
+    )
+
+
+def emulated_latency(args: argparse.Namespace) -> tuple[float, float]:
+    """(delay, jitter) in seconds from --emulate-latency; (0, 0) when off."""
+    text = getattr(args, "emulate_latency", None)
+    if not text:
+        return 0.0, 0.0
+    delay, _, jitter = text.partition(":")
+    values = (_seconds(delay), _seconds(jitter) if jitter else 0.0)
+    import logging
+
+    logging.getLogger("plexus").warning(
+        "LATENCY EMULATION ON: every data-plane message this peer sends is held %.1f ms "
+        "(+ up to %.1f ms jitter). This is a testing feature.",
+        values[0] * 1000,
+        values[1] * 1000,
+    )
+    return values
+
+
+def _seconds(text: str) -> float:
+    from plexus.errors import ConfigError
+
+    units = {"ms": 0.001, "s": 1.0}
+    for suffix, scale in units.items():
+        if text.endswith(suffix):
+            try:
+                value = float(text[: -len(suffix)]) * scale
+            except ValueError:
+                break
+            if 0 <= value <= 10:
+                return value
+            break
+    raise ConfigError(f"--emulate-latency wants values like 20ms or 0.02s (0-10 s), not {text!r}")

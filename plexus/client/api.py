@@ -30,6 +30,7 @@ from plexus.errors import ConfigError, NetworkError
 from plexus.identity import Identity
 from plexus.models import ClientHead, load_head, open_model
 from plexus.models.resolve import ModelFiles
+from plexus.p2p.dataplane import Limits
 from plexus.p2p.dht import DHTNode
 from plexus.p2p.ledger_gossip import LedgerGossip
 from plexus.paths import default_data_dir
@@ -85,12 +86,15 @@ class AsyncClient:
         listen_host: str = "127.0.0.1",
         block_servers: Sequence[str] = (),
         verify: bool = True,
+        emulate_latency: tuple[float, float] = (0.0, 0.0),
     ) -> AsyncIterator[AsyncClient]:
         """Join the swarm through `initial_peers` and load the model's head and tokenizer.
 
         `block_servers` are peer ids never to route through. With `verify` (the default)
         every reply's commitment is checked, servers are audited, receipts countersigned,
-        and the ledger kept at DATA_DIR/ledger.sqlite (docs/verification.md)."""
+        and the ledger kept at DATA_DIR/ledger.sqlite (docs/verification.md).
+        `emulate_latency` (testing only) holds every data-plane message this client sends
+        for (delay, jitter) seconds."""
         if not initial_peers:
             raise ConfigError("initial_peers is empty: give at least one peer's multiaddr")
         data = Path(data_dir) if data_dir else default_data_dir()
@@ -104,7 +108,10 @@ class AsyncClient:
             log.warning("%s has no tokenizer: only token-id generation is available", model)
         async with (
             DHTNode.open(identity, listen_host, 0, list(initial_peers)) as node,
-            ConnectionPool.open(identity) as pool,
+            ConnectionPool.open(
+                identity,
+                Limits(emulated_delay=emulate_latency[0], emulated_jitter=emulate_latency[1]),
+            ) as pool,
         ):
             swarm = SwarmView(node, pool, files.model_id)
             swarm.blocked.update(block_servers)

@@ -14,23 +14,28 @@ import trio
 
 from plexus.errors import NetworkError
 from plexus.identity import Identity
-from plexus.p2p.dataplane import Connection, connect
+from plexus.p2p.dataplane import Connection, Limits, connect
 
 log = logging.getLogger(__name__)
 
 
 class ConnectionPool:
-    def __init__(self, identity: Identity, nursery: trio.Nursery) -> None:
+    def __init__(
+        self, identity: Identity, nursery: trio.Nursery, limits: Limits | None = None
+    ) -> None:
         self.identity = identity
+        self.limits = limits
         self._nursery = nursery
         self._connections: dict[str, Connection] = {}
         self._locks: dict[str, trio.Lock] = {}
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, identity: Identity) -> AsyncIterator[ConnectionPool]:
+    async def open(
+        cls, identity: Identity, limits: Limits | None = None
+    ) -> AsyncIterator[ConnectionPool]:
         async with trio.open_nursery() as nursery:
-            pool = cls(identity, nursery)
+            pool = cls(identity, nursery, limits)
             try:
                 yield pool
             finally:
@@ -54,7 +59,7 @@ class ConnectionPool:
     ) -> None:
         started = False
         try:
-            async with connect(self.identity, address, peer_id) as conn:
+            async with connect(self.identity, address, peer_id, limits=self.limits) as conn:
                 self._connections[peer_id] = conn
                 task_status.started(conn)
                 started = True

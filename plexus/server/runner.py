@@ -26,7 +26,7 @@ from plexus.errors import ConfigError
 from plexus.identity import Identity
 from plexus.models import load_span, open_model
 from plexus.models.resolve import ModelFiles
-from plexus.p2p.dataplane import serve_dataplane
+from plexus.p2p.dataplane import Limits, serve_dataplane
 from plexus.p2p.dht import DHTNode
 from plexus.p2p.records import ServerRecord, make_record
 from plexus.server import memory
@@ -62,6 +62,7 @@ class ServeOptions:
     rebalance: bool = True
     json: bool = False
     refresh_throughput: bool = False
+    emulate_latency: tuple[float, float] = (0.0, 0.0)  # testing only: (delay, jitter) s
     inject_fault: str | None = None  # TESTING ONLY: plexus.verification.faults
     ledger_url: str | None = None  # default: sqlite under data_dir
 
@@ -166,7 +167,14 @@ async def serve(opts: ServeOptions, announce_ready: Callable[[dict], None]) -> i
         )
         async with trio.open_nursery() as nursery:
             dataplane = await nursery.start(
-                partial(serve_dataplane, on_disconnect=_dropper(backend)),
+                partial(
+                    serve_dataplane,
+                    on_disconnect=_dropper(backend),
+                    limits=Limits(
+                        emulated_delay=opts.emulate_latency[0],
+                        emulated_jitter=opts.emulate_latency[1],
+                    ),
+                ),
                 identity,
                 opts.host,
                 opts.data_port,

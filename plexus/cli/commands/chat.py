@@ -57,6 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="stop when this text appears (repeatable)",
     )
     parser.add_argument("--identity", default=None, help="key file (default DATA_DIR/identity.key)")
+    options.add_emulate_latency(parser)
     options.add_common(parser, network=True, reporting=True)
     parser.set_defaults(func=run)
 
@@ -95,6 +96,7 @@ async def _run(args: argparse.Namespace) -> int:
         initial_peers=options.initial_peers(args),
         data_dir=options.data_dir(args),
         identity_file=args.identity,
+        emulate_latency=options.emulated_latency(args),
     ) as client:
         if args.prompt is not None:
             return await _one_shot(client, args)

@@ -119,6 +119,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="TESTING ONLY: misbehave on a fraction RATE (default 1) of requests; KIND is "
         "noise, skip, random, crash or slow (docs/verification.md, 'Fault injection')",
     )
+    options.add_emulate_latency(parser)
     options.add_common(parser, network=True, reporting=True)
     parser.set_defaults(func=run)
 
@@ -158,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
         rebalance=not args.no_rebalance,
         json=args.json,
         refresh_throughput=args.refresh_throughput,
+        emulate_latency=options.emulated_latency(args),
         inject_fault=args.inject_fault,
         ledger_url=args.ledger_url,
     )

@@ -11,6 +11,7 @@ allocates the message once and decrypts every later frame in place where it belo
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 
 import trio
@@ -54,6 +55,11 @@ class FramedChannel:
         self.limits = limits
         self.peer = PeerLimits()
         self._send_lock = trio.Lock()
+        self._emulated_due = 0.0  # latency emulation: when the last message may leave
+        self._emulated_tickets = 0  # latency emulation: messages leave in ticket order
+        self._emulated_turn = 0
+        self._emulated_turn_changed = trio.Event()
+        self._emulated_abandoned: set[int] = set()
         self._scratch = bytearray(_SCRATCH_BYTES + HEADER_BYTES + TAG_BYTES)
         self._broken: str | None = None
         self._at_boundary = False
@@ -76,6 +82,8 @@ class FramedChannel:
         if self._broken is not None:
             raise ConnectionClosed(f"connection is closed ({self._broken})")
         frame_size = min(self.limits.send_frame, self.peer.max_frame)
+        if self.limits.emulated_delay or self.limits.emulated_jitter:
+            await self._emulate_latency()
         if self._send_lock.locked():
             await self._send_lock.acquire()
         else:
@@ -99,6 +107,33 @@ class FramedChannel:
                 prefix, chunk = b"", frame_size
         finally:
             self._send_lock.release()
+
+    async def _emulate_latency(self) -> None:
+        """Hold this message back by the emulated one-way delay, keeping send order."""
+        ticket = self._emulated_tickets
+        self._emulated_tickets += 1
+        jitter = random.uniform(0.0, self.limits.emulated_jitter)
+        due = max(trio.current_time() + self.limits.emulated_delay + jitter, self._emulated_due)
+        self._emulated_due = due
+        try:
+            await trio.sleep_until(due)
+            while self._emulated_turn != ticket:
+                await self._emulated_turn_changed.wait()
+        except BaseException:  # cancelled: never block the tickets behind this one
+            self._emulated_abandoned.add(ticket)
+            if self._emulated_turn == ticket:
+                self._next_turn()
+            raise
+        # The send lock is FIFO, so handing the turn on before sending keeps the order.
+        self._next_turn()
+
+    def _next_turn(self) -> None:
+        self._emulated_turn += 1
+        while self._emulated_turn in self._emulated_abandoned:
+            self._emulated_abandoned.remove(self._emulated_turn)
+            self._emulated_turn += 1
+        self._emulated_turn_changed.set()
+        self._emulated_turn_changed = trio.Event()
 
     async def _send_frame(
         self, buffer: bytearray, source: _Concatenation, chunk: int, prefix: bytes, more: bool

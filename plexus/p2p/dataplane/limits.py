@@ -50,6 +50,12 @@ class Limits:
     """Longest time one frame may take to hand to the kernel; the connection closes after."""
     handler_timeout: float | None = None
     """Longest a handler may run before the request is answered TIMEOUT (None: no limit)."""
+    emulated_delay: float = 0.0
+    """TESTING ONLY: hold every message this side sends for this many seconds (one-way
+    network latency emulation, since netem is not available everywhere). Off (0) by default."""
+    emulated_jitter: float = 0.0
+    """TESTING ONLY: add a uniform random 0..jitter seconds to `emulated_delay`; messages
+    still leave in the order they were sent."""
 
     def __post_init__(self) -> None:
         if not MIN_CONTINUED_FRAME <= self.max_frame <= PROTOCOL_MAX_FRAME:
@@ -66,6 +72,8 @@ class Limits:
         for name in ("handshake_timeout", "idle_timeout", "read_timeout", "send_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
+        if not (0 <= self.emulated_delay <= 10 and 0 <= self.emulated_jitter <= 10):
+            raise ValueError("emulated delay and jitter must be between 0 and 10 s")
 
 
 @dataclass(frozen=True)
