@@ -20,7 +20,7 @@ import trio
 
 from ledger import LedgerStore
 from ledger.engine import sqlite_url
-from plexus.client.audit import Auditor
+from plexus.client.audit import Auditor, HeldOutput
 from plexus.client.generation import Generation, generate_tokens
 from plexus.client.inference import InferenceSession
 from plexus.client.pool import ConnectionPool
@@ -224,6 +224,7 @@ class AsyncClient:
             if own_session:
                 session = await self.open_session(ids.shape[1] + max_new_tokens)
             assert session is not None
+            held = HeldOutput(on_text, on_token, self._must_hold(session))
             self._live_sessions.append(session)
             try:
                 result = await generate_tokens(
@@ -235,8 +236,8 @@ class AsyncClient:
                     eos_token_ids=self.eos_token_ids if eos else (),
                     decode=self.decode if self.tokenizer is not None else None,
                     stop=stop,
-                    on_text=on_text,
-                    on_token=on_token,
+                    on_text=held.on_text,
+                    on_token=held.on_token,
                 )
                 # Audits are decided now, after every server committed to its results.
                 verified = await session.audit()
@@ -246,13 +247,18 @@ class AsyncClient:
                     with trio.CancelScope(shield=True):
                         await session.close()
             if verified:
+                held.release()
                 break
+            held.discard()
             if not own_session or attempt == MAX_RECOMPUTE:
                 raise VerificationError("a server on the route failed an audit")
             log.warning("a server failed an audit: recomputing the request on other servers")
         result.extra["recomputed"] = attempt
         self.last_route = result.route
         return result
+
+    def _must_hold(self, session: InferenceSession) -> bool:
+        return self.auditor is not None and self.auditor.must_hold(session.hops)
 
     async def stream(self, prompt: str | None = None, **kwargs: Any) -> AsyncIterator[str]:
         """Yield the completion text piece by piece as tokens arrive."""
@@ -292,12 +298,21 @@ class AsyncChat:
         If a server fails an audit, the turn is recomputed from scratch on other servers
         (the whole conversation is fed again)."""
         for attempt in range(MAX_RECOMPUTE + 1):
-            result = await self._send(text, **kwargs)
+            if self._session is None:
+                self._session = await self.client.open_session(self.max_length)
+            held = HeldOutput(
+                kwargs.get("on_text"), kwargs.get("on_token"), self.client._must_hold(self._session)
+            )
+            result = await self._send(
+                text, **{**kwargs, "on_text": held.on_text, "on_token": held.on_token}
+            )
             assert self._session is not None
             if await self._session.audit():
+                held.release()
                 self.messages.append({"role": "assistant", "content": result.text})
                 result.extra["recomputed"] = attempt
                 return result
+            held.discard()
             log.warning("a server failed an audit: recomputing this turn on other servers")
             self.messages.pop()
             with trio.CancelScope(shield=True):

@@ -100,6 +100,37 @@ class AuditStats:
     receipts: int = 0
 
 
+class HeldOutput:
+    """Streamed text that, with `hold`, is kept until the request's audits have passed
+    (`release`) or failed (`discard`): text from a step that fails an audit is never shown.
+    Clients hold while a server on the route is audited on every request. `on_token` is a
+    low-level progress hook and is never held (it sees tokens as they are generated)."""
+
+    def __init__(
+        self,
+        on_text: Callable[[str], object] | None,
+        on_token: Callable[[int], object] | None,
+        hold: bool,
+    ) -> None:
+        self.hold = hold
+        self._events: list[tuple[Callable[[Any], object], Any]] = []
+        self.on_text = self._wrap(on_text)
+        self.on_token = on_token
+
+    def _wrap(self, fn: Callable[[Any], object] | None) -> Callable[[Any], object] | None:
+        if fn is None or not self.hold:
+            return fn
+        return lambda value: self._events.append((fn, value))
+
+    def release(self) -> None:
+        events, self._events = self._events, []
+        for fn, value in events:
+            fn(value)
+
+    def discard(self) -> None:
+        self._events = []
+
+
 @dataclass
 class _Party:
     peer_id: str
@@ -160,6 +191,11 @@ class Auditor:
         return audit_probability(
             self.clean.get(peer_id, 0), self.recently_caught(peer_id), floor=self.floor
         )
+
+    def must_hold(self, hops: list[HopState]) -> bool:
+        """Whether streamed output should wait for the audits: some server on the route
+        is audited on every request (new, or recently caught)."""
+        return any(self.probability(state.hop.peer_id) >= 1.0 for state in hops)
 
     def _block(self, peer_id: str) -> None:
         self.convicted.add(peer_id)

@@ -51,8 +51,15 @@ async def run_until_convicted(
         convicted_at = -1
         later_routes: list[list[str]] = []
         for i, prompt in enumerate(prompts):
-            result = await client.generate_ids(prompt, max_new_tokens=NEW_TOKENS, eos=False)
+            streamed: list[str] = []
+            result = await client.generate_ids(
+                prompt, max_new_tokens=NEW_TOKENS, eos=False, on_text=streamed.append
+            )
             assert result.token_ids == expected(prompt), f"request {i}: wrong tokens accepted"
+            # Streamed text is held while a new server's audit is pending: nothing from a
+            # failed attempt is ever shown (pieces may hold back half-decoded characters).
+            shown = "".join(streamed)
+            assert result.text.startswith(shown), f"request {i}: unverified text streamed"
             if convicted_at >= 0:
                 later_routes.append([str(h["peer_id"]) for h in result.route])
                 if len(later_routes) >= after:
