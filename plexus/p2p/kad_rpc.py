@@ -160,6 +160,14 @@ class KadClient:
             return await read_varint_prefixed_bytes_limited(stream, MAX_RESPONSE_SIZE)
         except Exception as exc:  # reset, EOF, oversize: all mean "no answer this time"
             log.debug("no answer from %s: %r", peer, exc)
+            # The connection may be dead (the peer was killed): drop it so that the retry
+            # dials afresh, which fails at once for a dead peer instead of running out the
+            # whole timeout on a stale connection; a live peer just costs one new dial.
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                try:
+                    await self.host.get_network().close_peer(peer)
+                except Exception as close_exc:  # libp2p raises assorted errors here
+                    log.debug("closing the connection to %s: %r", peer, close_exc)
             return None
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(1):

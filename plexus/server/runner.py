@@ -12,7 +12,6 @@ import logging
 import random
 import signal
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -278,18 +277,38 @@ async def _gossip(node: DHTNode, verifier: ServerVerifier) -> None:
 async def _announce_loop(
     node: DHTNode, backend: SpanBackend, record: Callable[[], ServerRecord], period: float
 ) -> None:
-    """Announce every `period`, and soon after sessions or free cache change."""
+    """Announce every `period` (counted from the start of the previous announcement, so
+    a slow DHT does not stretch the interval past the record's lifetime), and soon after
+    the number of sessions or the free cache changes. Announcements run in the
+    background, at most two at a time, so one stuck on a dead peer does not delay the
+    next."""
     last_state = (len(backend.sessions), backend.free_cache_tokens)
-    last_time = time.monotonic()
-    while True:
-        await trio.sleep(1.0)
-        state = (len(backend.sessions), backend.free_cache_tokens)
-        if state != last_state or time.monotonic() - last_time >= period:
-            try:
+    next_due = trio.current_time() + period
+    in_flight = 0
+
+    async def announce_once() -> None:
+        nonlocal in_flight
+        in_flight += 1
+        started = trio.current_time()
+        try:
+            with trio.move_on_after(2 * period):
                 await node.announce(record())
-            except Exception as exc:  # announce errors must not stop serving
-                log.warning("announce failed: %s", exc)
-            last_state, last_time = state, time.monotonic()
+        except Exception as exc:  # announce errors must not stop serving
+            log.warning("announce failed: %s", exc)
+        finally:
+            in_flight -= 1
+        took = trio.current_time() - started
+        if took > period:
+            log.info("announcing took %.1f s, longer than the period of %.1f s", took, period)
+
+    async with trio.open_nursery() as nursery:
+        while True:
+            await trio.sleep_until(min(next_due, trio.current_time() + 0.5))
+            state = (len(backend.sessions), backend.free_cache_tokens)
+            now = trio.current_time()
+            if (state != last_state or now >= next_due) and in_flight < 2:
+                last_state, next_due = state, now + period
+                nursery.start_soon(announce_once)
 
 
 async def _rebalance_loop(
