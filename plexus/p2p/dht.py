@@ -535,6 +535,23 @@ def configure_libp2p_logging(level: str) -> None:
     # Importing libp2p detaches its loggers (propagate=False, no handler: warnings reach
     # stderr through logging.lastResort); route them through the application's handlers.
     libp2p_logger.propagate = True
-    libp2p_logger.setLevel(logging.DEBUG if level == "DEBUG" else logging.CRITICAL)
+    threshold = logging.DEBUG if level == "DEBUG" else logging.CRITICAL
+    libp2p_logger.setLevel(threshold)
+    # Some of its modules pin their own level at import (auto_connector: INFO), which
+    # overrides the parent's; filter at the application's handlers as well.
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _Libp2pFilter) for f in handler.filters):
+            handler.addFilter(_Libp2pFilter(threshold))
     # Its multiaddr dependency logs every address it parses at DEBUG: never useful.
     logging.getLogger("multiaddr").setLevel(logging.WARNING)
+
+
+class _Libp2pFilter(logging.Filter):
+    """Drops py-libp2p records below `threshold`, whatever level their logger has."""
+
+    def __init__(self, threshold: int) -> None:
+        super().__init__()
+        self.threshold = threshold
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.name.startswith("libp2p") or record.levelno >= self.threshold
