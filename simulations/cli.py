@@ -100,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--out", type=Path, default=None, help=f"default: {RESULTS}/NAME")
     run.add_argument("--no-plots", action="store_true")
     sub.add_parser("list", help="list the scenarios")
+    replot = sub.add_parser("plot", help="redraw the plots of finished runs from their CSVs")
+    replot.add_argument("--results", type=Path, default=RESULTS)
     docs = sub.add_parser("docs", help="copy each run's section into docs/simulations.md")
     docs.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -107,6 +109,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "list":
         for s in SCENARIOS.values():
             print(f"{s.name:12} {s.title}: {s.question}")
+        return 0
+    if args.command == "plot":
+        from simulations.metrics import read_all
+        from simulations.plots import write_plots
+
+        for name, scenario in SCENARIOS.items():
+            out = args.results / name
+            if (out / "sessions.csv").exists():
+                print(name, write_plots(out, read_all(out), scenario.title))
         return 0
     if args.command == "docs":
         print("updated:", ", ".join(refresh_docs(args.results, DOC)) or "nothing")

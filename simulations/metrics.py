@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -106,6 +108,28 @@ def write_csv(path: Path, rows: list[Any]) -> None:
             writer.writerow(
                 {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(row).items()}
             )
+
+
+def read_csv(path: Path, row_type: type[T]) -> list[T]:
+    """Rows written by `write_csv`, typed again from the dataclass's fields."""
+    if not path.exists() or not path.read_text():
+        return []
+    kinds = {f.name: f.type for f in fields(row_type)}  # type: ignore[arg-type]
+    parse = {"int": int, "float": float, "str": str, "bool": lambda v: v == "True"}
+    with path.open() as f:
+        return [
+            row_type(**{k: parse[str(kinds[k])](v) for k, v in row.items()})
+            for row in csv.DictReader(f)
+        ]
+
+
+def read_all(out: Path) -> Metrics:
+    return Metrics(
+        sessions=read_csv(out / "sessions.csv", SessionRow),
+        samples=read_csv(out / "timeseries.csv", SampleRow),
+        cheaters=read_csv(out / "cheaters.csv", CheaterRow),
+        balances=read_csv(out / "balances.csv", BalanceRow),
+    )
 
 
 def write_all(out: Path, metrics: Metrics, summary: dict[str, Any]) -> None:

@@ -100,9 +100,8 @@ def write_plots(out: Path, metrics: Metrics, title: str) -> list[str]:
         for i, label in enumerate(labels):
             done = [v for v in groups[label] if not math.isnan(v)]
             axes[0].scatter([i] * len(done), done, s=8, alpha=0.5)
-            share = len(done) / len(groups[label])
             axes[0].annotate(
-                f"{share:.0%} of {len(groups[label])} convicted",
+                f"{len(done)}/{len(groups[label])}",
                 (i, 1.0),
                 xycoords=("data", "axes fraction"),
                 fontsize=7,
@@ -111,7 +110,7 @@ def write_plots(out: Path, metrics: Metrics, title: str) -> list[str]:
             )
         axes[0].set_xticks(range(len(labels)), labels, fontsize=7)
         axes[0].set_xlim(-0.5, len(labels) - 0.5)
-        axes[0].set_ylabel("hours from first cheating stream to conviction")
+        axes[0].set_ylabel("hours, first cheating stream\nto conviction (n convicted/routed)")
         axes[0].set_title("time to convict vs cheat rate and audit rate")
         for label in labels:
             rows = [r for r in served if f"{r.role} {r.cheat_rate:g}" == label]

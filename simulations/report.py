@@ -29,7 +29,7 @@ def _dht(summary: dict[str, Any]) -> list[str]:
 def section(scenario: Scenario, summary: dict[str, Any], images: list[str], rel: str) -> str:
     c = summary["counters"]
     lines = [
-        f"## {scenario.title} (`{scenario.name}`)",
+        f"### {scenario.title} (`{scenario.name}`)",
         "",
         scenario.question,
         "",
