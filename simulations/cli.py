@@ -102,6 +102,15 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("list", help="list the scenarios")
     replot = sub.add_parser("plot", help="redraw the plots of finished runs from their CSVs")
     replot.add_argument("--results", type=Path, default=RESULTS)
+    sweep = sub.add_parser(
+        "sweep", help="time to convict vs audit rate and cheat rate (cheaters scenario)"
+    )
+    sweep.add_argument("--floors", type=float, nargs="+", default=[0.005, 0.02, 0.05, 0.2])
+    sweep.add_argument("--peers", type=int, default=2_000)
+    sweep.add_argument("--hours", type=float, default=None)
+    sweep.add_argument("--seed", type=int, default=0)
+    sweep.add_argument("--out", type=Path, default=RESULTS / "audit-sweep")
+    sweep.add_argument("--no-plots", action="store_true")
     docs = sub.add_parser("docs", help="copy each run's section into docs/simulations.md")
     docs.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -118,6 +127,14 @@ def main(argv: list[str] | None = None) -> int:
             out = args.results / name
             if (out / "sessions.csv").exists():
                 print(name, write_plots(out, read_all(out), scenario.title))
+        return 0
+    if args.command == "sweep":
+        from simulations.sweep import audit_rate_sweep, markdown
+
+        rows = audit_rate_sweep(
+            args.floors, args.peers, args.hours, args.seed, args.out, not args.no_plots
+        )
+        print(markdown(rows))
         return 0
     if args.command == "docs":
         print("updated:", ", ".join(refresh_docs(args.results, DOC)) or "nothing")
