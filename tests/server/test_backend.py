@@ -98,9 +98,11 @@ async def test_busy_server_serves_higher_balances_first(span) -> None:
 
     async with trio.open_nursery() as nursery:
         # Queue everything while the worker is not running yet: the server is "busy".
+        # One at a time: trio does not promise to run tasks in the order they started,
+        # and the free lane is first come, first served.
         for owner in ["new1", "new2", "some", "rich", "rich", "rich", "rich"]:
             nursery.start_soon(submit, owner)
-        await trio.testing.wait_all_tasks_blocked()
+            await trio.testing.wait_all_tasks_blocked()
         nursery.start_soon(backend.run)
         with trio.fail_after(30):
             while len(order) < 7:
