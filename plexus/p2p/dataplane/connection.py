@@ -58,6 +58,25 @@ class _Waiter:
         self.reply: Message | None = None
 
 
+class PendingReply:
+    """A request already sent (`Connection.send_request`) whose reply is still to come."""
+
+    def __init__(self, conn: Connection, request_id: int, waiter: _Waiter, what: str) -> None:
+        self._conn, self._id, self._waiter, self._what = conn, request_id, waiter, what
+
+    async def wait(self, timeout: float | None = DEFAULT_REQUEST_TIMEOUT) -> Message:
+        try:
+            with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
+                await self._waiter.event.wait()
+        finally:
+            self._conn._pending.pop(self._id, None)
+        return self._conn._reply_of(self._waiter, self._what, timeout, scope.cancelled_caught)
+
+    def abandon(self) -> None:
+        """Stop waiting: a late reply is dropped."""
+        self._conn._pending.pop(self._id, None)
+
+
 class Connection:
     """Use `connect()` (dialer) or `serve_dataplane()` (listener) to get one."""
 
@@ -172,8 +191,27 @@ class Connection:
                 await waiter.event.wait()
         finally:
             self._pending.pop(request_id, None)
-        if scope.cancelled_caught:
-            raise RequestTimeout(f"no reply to {message.type!r} from {self.peer_id} in {timeout} s")
+        return self._reply_of(waiter, message.type, timeout, scope.cancelled_caught)
+
+    async def send_request(self, message: Message) -> PendingReply:
+        """Send `message` as a request now; await the reply later with `PendingReply.wait`
+        (which, like `request`, raises for errors, timeouts and closed connections)."""
+        request_id = next(self._ids)
+        encoded = self._encode(message, Kind.REQUEST, request_id)
+        waiter = _Waiter()
+        self._pending[request_id] = waiter
+        try:
+            await self._channel.send_message(encoded.parts, encoded.nbytes)
+        except BaseException:
+            self._pending.pop(request_id, None)
+            raise
+        return PendingReply(self, request_id, waiter, message.type)
+
+    def _reply_of(
+        self, waiter: _Waiter, what: str, timeout: float | None, timed_out: bool
+    ) -> Message:
+        if timed_out:
+            raise RequestTimeout(f"no reply to {what!r} from {self.peer_id} in {timeout} s")
         reply = waiter.reply
         if reply is None:
             raise ConnectionClosed(f"connection to {self.peer_id} closed: {self._closed_reason}")
