@@ -67,6 +67,8 @@ class SpanSession:
         """Forget everything after the first `length` positions."""
         if not 0 <= length <= self.length:
             raise SessionError(f"cannot roll back to {length}: session holds {self.length}")
+        if length == self.length:
+            return
         history = self.history()
         kept_inputs = history[0][:, :length] if history is not None else None
         kept_mask = self.mask[:, :length] if self.mask is not None else None

@@ -1,9 +1,14 @@
 """The compute side of a block server: sessions, the KV-cache budget and the device queue.
 
-All device work goes through one queue drained by one worker task, which runs each job
-in a worker thread (torch releases the GIL) so the trio loop keeps serving the network.
-When the oldest job is a one-token decode step, every other pending decode step that
-can share a forward joins it, so a session waits for at most the step in progress.
+Device work goes through one queue drained by one worker task, which runs each job in a
+worker thread (torch releases the GIL) so the trio loop keeps serving the network. When
+the oldest job is a one-token decode step, every other pending decode step that can share
+a forward joins it, so a session waits for at most the step in progress.
+
+A server with a single session runs that session's small steps (a few tokens) inline on
+the event loop when the device is idle: no queue and no thread hand-offs, which cost about
+half a millisecond per step; with more sessions every job is queued, so that concurrent
+decode steps can be batched.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import trio
@@ -34,7 +40,10 @@ class ServerSession:
     model: SpanSession
     max_length: int
     batch_size: int
+    start: int = 0  # the blocks the session was opened for (global, inclusive)
+    end: int = 0
     last_used: float = field(default_factory=time.monotonic)
+    chain: Any = None  # plexus.server.forwarding.ChainState once forwarding is used
 
     @property
     def reserved_tokens(self) -> int:
@@ -46,11 +55,16 @@ FREE_LANE_EVERY = 4
 goes to the oldest waiting job of a client with nothing (the rate-limited free lane)."""
 
 
+INLINE_MAX_TOKENS = 8
+"""Jobs of at most this many tokens (batch x length) may run inline (see above)."""
+
+
 @dataclass
 class _Job:
     run: Callable[[], object]
     decode: tuple[ServerSession, torch.Tensor] | None = None
     owner: str = ""  # the client's peer id (its balance sets its priority)
+    tokens: int = 1 << 30  # batch x length of a session step (small ones may run inline)
     done: trio.Event = field(default_factory=trio.Event)
     result: object = None
     error: BaseException | None = None
@@ -68,6 +82,7 @@ class SpanBackend:
         idle_timeout: float = 300.0,
         max_batch: int = 16,
         device: str | torch.device = "cpu",
+        inline_max_tokens: int = INLINE_MAX_TOKENS,
     ) -> None:
         self.span = span
         self.max_sessions = max_sessions
@@ -84,6 +99,9 @@ class SpanBackend:
         # Client peer id -> balance (plexus.server.accounting); None: first come, first served.
         self.priority: Callable[[str], float] | None = None
         self._picks = 0
+        self.inline_max_tokens = inline_max_tokens
+        self._busy = False  # a job is running (in the worker thread or inline)
+        self.inline_steps = 0
 
     def replace_span(self, span: SpanModel) -> None:
         """Serve other blocks (rebalancing); only allowed while no session is open."""
@@ -127,7 +145,13 @@ class SpanBackend:
                 f"{self.cache_tokens} are free",
             )
         session = ServerSession(
-            secrets.token_hex(16), owner, SpanSession(self.span, blocks), max_length, batch_size
+            secrets.token_hex(16),
+            owner,
+            SpanSession(self.span, blocks),
+            max_length,
+            batch_size,
+            start,
+            end,
         )
         self.sessions[session.id] = session
         return session
@@ -161,7 +185,7 @@ class SpanBackend:
     async def step(
         self, session: ServerSession, hidden: torch.Tensor, mask: torch.Tensor | None
     ) -> torch.Tensor:
-        self._check_hidden(hidden, session.batch_size)
+        self.check_hidden(hidden, session.batch_size)
         if session.model.length + hidden.shape[1] > session.max_length:
             raise ServerError(
                 ServerCode.SESSION_FULL,
@@ -170,7 +194,8 @@ class SpanBackend:
             )
         hidden = hidden.to(self.device, self.span_dtype)
         decode = (session, hidden) if hidden.shape[1] == 1 and mask is None else None
-        job = _Job(lambda: session.model.step(hidden, mask), decode, session.owner)
+        tokens = hidden.shape[0] * hidden.shape[1]
+        job = _Job(lambda: session.model.step(hidden, mask), decode, session.owner, tokens)
         return await self._submit(job)  # type: ignore[return-value]
 
     async def rollback(self, session: ServerSession, length: int) -> None:
@@ -186,7 +211,7 @@ class SpanBackend:
     ) -> torch.Tensor:
         """A stateless forward over a whole sequence (replays and audits)."""
         span, blocks = self.span, self.blocks_for(start, end)
-        self._check_hidden(hidden, None)
+        self.check_hidden(hidden, None)
         if mask is None:
             mask = torch.ones(hidden.shape[:2], dtype=torch.long)
         hidden = hidden.to(self.device, self.span_dtype)
@@ -199,7 +224,7 @@ class SpanBackend:
     def span_dtype(self) -> torch.dtype:
         return next(self.span.parameters()).dtype
 
-    def _check_hidden(self, hidden: torch.Tensor, batch: int | None) -> None:
+    def check_hidden(self, hidden: torch.Tensor, batch: int | None) -> None:
         size = self.span.config.hidden_size
         if hidden.dim() != 3 or hidden.shape[2] != size or hidden.shape[1] == 0:
             raise ServerError(
@@ -214,12 +239,30 @@ class SpanBackend:
             raise ServerError(ServerCode.MALFORMED_REQUEST, "hidden states must be finite floats")
 
     async def _submit(self, job: _Job) -> object:
+        if self._may_run_inline(job):
+            self._busy = True
+            try:
+                result = job.run()
+            finally:
+                self._busy = False
+                self.steps += 1
+                self.inline_steps += 1
+            await trio.lowlevel.cancel_shielded_checkpoint()  # the step happened: keep it
+            return result
         self._queue.append(job)
         self._wakeup.set()
         await job.done.wait()
         if job.error is not None:
             raise job.error
         return job.result
+
+    def _may_run_inline(self, job: _Job) -> bool:
+        return (
+            job.tokens <= self.inline_max_tokens
+            and not self._busy
+            and not self._queue
+            and len(self.sessions) <= 1
+        )
 
     async def run(self) -> None:
         """Drain the device queue forever; run this in the server's nursery."""
@@ -230,6 +273,7 @@ class SpanBackend:
                 await self._wakeup.wait()
                 continue
             jobs = self._take_batch()
+            self._busy = True
             try:
                 if len(jobs) > 1:
                     sessions = [j.decode[0].model for j in jobs if j.decode]
@@ -245,6 +289,8 @@ class SpanBackend:
             except Exception as exc:  # reported to the waiting request, never fatal here
                 for job in jobs:
                     job.error = exc
+            finally:
+                self._busy = False
             self.steps += len(jobs)
             for job in jobs:
                 job.done.set()

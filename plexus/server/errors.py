@@ -15,6 +15,8 @@ class ServerCode(IntEnum):
     MALFORMED_REQUEST = 104  # fields or tensors of the wrong type, shape or size
     WRONG_MODEL = 105  # the request names a different model id
     SESSION_FULL = 106  # a step would exceed the session's declared max_length
+    UPSTREAM_TIMEOUT = 107  # a step waiting for forwarded input got none in time
+    SUPERSEDED = 108  # a step waiting for forwarded input was replaced by a newer request
 
 
 class ServerError(ProtocolError):

@@ -12,8 +12,9 @@ import torch
 
 from plexus import __version__
 from plexus.p2p.dataplane import Message, Router
-from plexus.server.backend import SpanBackend
+from plexus.server.backend import ServerSession, SpanBackend
 from plexus.server.errors import ServerCode, ServerError
+from plexus.server.forwarding import Forwarder
 from plexus.server.verifier import ServerVerifier
 
 
@@ -31,6 +32,21 @@ def _str(fields: dict[str, Any], name: str, max_length: int = 256) -> str:
     if not isinstance(value, str) or not 0 < len(value) <= max_length:
         raise ServerError(ServerCode.MALFORMED_REQUEST, f"field {name!r} must be a string")
     return value
+
+
+def _flag(fields: dict[str, Any], name: str) -> bool:
+    value = fields.get(name, False)
+    if not isinstance(value, bool):
+        raise ServerError(ServerCode.MALFORMED_REQUEST, f"field {name!r} must be a boolean")
+    return value
+
+
+def _check_length(session: ServerSession, expected: int) -> None:
+    if expected != session.model.length:
+        raise ServerError(
+            ServerCode.MALFORMED_REQUEST,
+            f"step expects the cache to hold {expected} tokens; it holds {session.model.length}",
+        )
 
 
 def _hidden_and_mask(message: Message) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -53,7 +69,7 @@ def _hidden_and_mask(message: Message) -> tuple[torch.Tensor, torch.Tensor | Non
 
 
 class BlockServerHandlers:
-    """Routes `info`, `open`, `step`, `rollback`, `close` and `forward` to a backend."""
+    """Routes `info`, `open`, `step`, `push`, `rollback`, `close`, `forward` and `receipt`."""
 
     def __init__(
         self,
@@ -61,13 +77,15 @@ class BlockServerHandlers:
         model_id: str,
         info: dict[str, Any],
         verifier: ServerVerifier | None = None,
+        forwarder: Forwarder | None = None,
     ) -> None:
         self.backend = backend
+        self.forwarder = forwarder  # server-to-server forwarding (docs/protocol.md, Part 5)
         self.model_id = model_id
         self.info = info  # static facts: num_blocks, dtype, throughput, ...
         self.verifier = verifier  # commitments, receipts, injected faults (verification)
         self.router = Router()
-        for name in ("info", "open", "step", "rollback", "close", "forward", "receipt"):
+        for name in ("info", "open", "step", "push", "rollback", "close", "forward", "receipt"):
             self.router.route(name)(getattr(self, f"on_{name}"))
 
     def _check_model(self, fields: dict[str, Any]) -> None:
@@ -115,25 +133,62 @@ class BlockServerHandlers:
         f = message.fields
         session = self.backend.get(peer_id, _str(f, "session_id", 64))
         expected = _int(f, "length", 0, 1_000_000)
-        if expected != session.model.length:
+        forwarder = self.forwarder
+        if forwarder is not None:
+            forwarder.supersede(session)
+            if "route" in f:
+                forwarder.accept_grant(session, f)
+        _check_length(session, expected)
+        upstream = _flag(f, "upstream")
+        if upstream and (forwarder is None or message.tensors):
             raise ServerError(
                 ServerCode.MALFORMED_REQUEST,
-                f"step expects the cache to hold {expected} tokens; it holds "
-                f"{session.model.length}",
+                "an upstream step carries no tensors, on a server that forwards",
             )
-        hidden, mask = _hidden_and_mask(message)
+        hidden, mask = (None, None) if upstream else _hidden_and_mask(message)
         if self.verifier is not None and "client_sig" in f:
             await self.verifier.countersigned(peer_id, session.id, f)
+        if upstream:
+            assert forwarder is not None
+            wait_s = _int(f, "wait_ms", 1, 600_000) / 1000
+            hidden, mask = await forwarder.wait_input(session, expected, wait_s)
+            _check_length(session, expected)
+        assert hidden is not None
         out = await self.backend.step(session, hidden, mask)
         fields: dict[str, Any] = {"length": session.model.length}
         if self.verifier is not None:
-            out, extra = await self.verifier.step_reply(session, expected, hidden, mask, out)
-            fields.update(extra)
+            out = await self.verifier.apply_fault(hidden, out)
+        if _flag(f, "forward"):
+            # Output first (it is what the next server waits for), commitment after.
+            pushed = forwarder is not None and await forwarder.push(session, expected, out, mask)
+            fields["forwarded"] = pushed
+        if self.verifier is not None:
+            fields.update(self.verifier.commit_step(session, expected, hidden, mask, out))
         return Message("step", fields, [out])
+
+    async def on_push(self, peer_id: str, message: Message) -> Message:
+        """Input for a session's next step, from the hop before it (or its owner)."""
+        f = message.fields
+        session_id = _str(f, "session_id", 64)
+        session = self.backend.sessions.get(session_id)
+        if (
+            session is None
+            or self.forwarder is None
+            or not self.forwarder.may_push(session, peer_id)
+        ):
+            raise ServerError(ServerCode.UNKNOWN_SESSION, f"no session {session_id!r}")
+        length = _int(f, "length", 0, 1_000_000)
+        _check_length(session, length)
+        hidden, mask = _hidden_and_mask(message)
+        self.backend.check_hidden(hidden, session.batch_size)
+        self.forwarder.deliver(session, length, hidden, mask)
+        return Message("push", {})
 
     async def on_rollback(self, peer_id: str, message: Message) -> Message:
         f = message.fields
         session = self.backend.get(peer_id, _str(f, "session_id", 64))
+        if self.forwarder is not None:
+            self.forwarder.supersede(session)
         length = _int(f, "length", 0, session.model.length)
         await self.backend.rollback(session, length)
         if self.verifier is not None:
@@ -142,6 +197,8 @@ class BlockServerHandlers:
 
     async def on_close(self, peer_id: str, message: Message) -> Message:
         session_id = _str(message.fields, "session_id", 64)
+        if self.forwarder is not None and session_id in self.backend.sessions:
+            self.forwarder.supersede(self.backend.get(peer_id, session_id))
         self.backend.close_session(peer_id, session_id)
         fields: dict[str, Any] = {}
         if self.verifier is not None:

@@ -162,10 +162,26 @@ class ServerVerifier:
         out: torch.Tensor,
     ) -> tuple[torch.Tensor, dict[str, Any]]:
         """The output to send (a fault may change it) and the fields to add to the reply."""
+        out = await self.apply_fault(hidden, out)
+        return out, self.commit_step(session, position, hidden, mask, out)
+
+    async def apply_fault(self, hidden: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """What a server with an injected fault returns instead of `out` (testing only)."""
+        if self.fault is None:
+            return out
+        await self.fault.before_reply()
+        return self.fault.corrupt(hidden, out)
+
+    def commit_step(
+        self,
+        session: ServerSession,
+        position: int,
+        hidden: torch.Tensor,
+        mask: torch.Tensor | None,
+        out: torch.Tensor,
+    ) -> dict[str, Any]:
+        """The commitment (and maybe a receipt) for a step that returned `out`."""
         book = self._book(session)
-        if self.fault is not None:
-            await self.fault.before_reply()
-            out = self.fault.corrupt(hidden, out)
         if book.hasher is None or position == 0:
             book.hasher = InputsHasher(hidden.shape[0], hidden.shape[2])
             book.snapshots = {0: book.hasher.copy()}
@@ -196,7 +212,7 @@ class ServerVerifier:
         book.since_receipt += 1
         if book.since_receipt >= self.receipt_every:
             fields.update(self._issue(session.id, book, digest))
-        return out, fields
+        return fields
 
     async def forward_reply(
         self,
