@@ -61,8 +61,10 @@ class AsyncClient:
         tokenizer: Any,
         swarm: SwarmView,
         auditor: Auditor | None = None,
+        forwarding: bool = True,
     ) -> None:
         self.auditor = auditor  # commitments, audits, receipts (plexus.client.audit)
+        self.forwarding = forwarding  # servers pass hidden states to the next server
         self.files = files
         self.head = head
         self.tokenizer = tokenizer
@@ -86,6 +88,7 @@ class AsyncClient:
         listen_host: str = "127.0.0.1",
         block_servers: Sequence[str] = (),
         verify: bool = True,
+        forwarding: bool = True,
         emulate_latency: tuple[float, float] = (0.0, 0.0),
     ) -> AsyncIterator[AsyncClient]:
         """Join the swarm through `initial_peers` and load the model's head and tokenizer.
@@ -93,6 +96,8 @@ class AsyncClient:
         `block_servers` are peer ids never to route through. With `verify` (the default)
         every reply's commitment is checked, servers are audited, receipts countersigned,
         and the ledger kept at DATA_DIR/ledger.sqlite (docs/verification.md).
+        With `forwarding` (the default) each server sends its output straight to the next
+        server of the route; without it the client relays every hop's output itself.
         `emulate_latency` (testing only) holds every data-plane message this client sends
         for (delay, jitter) seconds."""
         if not initial_peers:
@@ -116,13 +121,13 @@ class AsyncClient:
             swarm = SwarmView(node, pool, files.model_id)
             swarm.blocked.update(block_servers)
             if not verify:
-                yield cls(files, head, tokenizer, swarm)
+                yield cls(files, head, tokenizer, swarm, forwarding=forwarding)
                 return
             store = await trio.to_thread.run_sync(lambda: open_ledger(data))
             try:
                 async with LedgerGossip.open(node.host, store, check_fraud_proof) as gossip:
                     auditor = Auditor(identity, swarm, store, publish=gossip.publish)
-                    yield cls(files, head, tokenizer, swarm, auditor)
+                    yield cls(files, head, tokenizer, swarm, auditor, forwarding=forwarding)
             finally:
                 store.close()
 
@@ -165,6 +170,7 @@ class AsyncClient:
             self.files.config.hidden_size,
             max_length,
             auditor=self.auditor,
+            forwarding=self.forwarding,
         )
         await session.open()
         return session

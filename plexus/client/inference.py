@@ -1,5 +1,11 @@
 """A client's inference session through a chain of servers, surviving their failures.
 
+With forwarding (the default) the client sends a step's hidden states to the first server
+only; each server pushes its output straight to the next one (docs/protocol.md, Part 5),
+and every server still answers the client with its output, commitment and receipt, so
+the client checks each hop as it would had it relayed the states itself. A server that
+cannot reach the next one says so, and the client relays that leg.
+
 Every hop remembers what it was sent. When a server fails (it crashed, timed out, or
 answered with an error), the client backs off from it, plans that hop's blocks onto
 other servers, replays the hop's whole input history to rebuild their caches, and
@@ -21,6 +27,10 @@ from plexus.client.planner import Hop, MissingBlocksError, plan_route
 from plexus.client.swarm import SwarmView
 from plexus.errors import NetworkError, PlexusError
 from plexus.p2p.dataplane import Message
+from plexus.p2p.dataplane.connection import PendingReply
+from plexus.p2p.dataplane.errors import RequestTimeout
+from plexus.p2p.route_grant import GrantHop, RouteGrant, SignedGrant, sign_grant
+from plexus.verification import NETWORK_ID
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +55,19 @@ class HopState:
     masks: list[torch.Tensor] = field(default_factory=list)
     seconds_per_token: float | None = None  # moving average of measured steps
     audit: HopAudit = field(default_factory=HopAudit)  # commitments, outputs, receipts
+    grant_seq: int = -1  # the route grant this hop's server holds
 
     def timeout(self, tokens: int) -> float:
-        if self.seconds_per_token is None:
-            return FIRST_STEP_TIMEOUT_S
-        return max(MIN_STEP_TIMEOUT_S, TIMEOUT_FACTOR * self.seconds_per_token * tokens)
+        """How long a step of `tokens` may take: a multiple of the measured time per
+        token, or before any measurement of the server's announced throughput."""
+        rate = self.seconds_per_token
+        if rate is None:
+            blocks = self.hop.end - self.hop.start + 1
+            throughput = self.hop.server.throughput
+            if not throughput > 0:
+                return FIRST_STEP_TIMEOUT_S
+            rate = blocks / throughput
+        return max(MIN_STEP_TIMEOUT_S, TIMEOUT_FACTOR * rate * tokens)
 
     def observe(self, seconds: float, tokens: int) -> None:
         rate = seconds / max(tokens, 1)
@@ -71,9 +89,16 @@ class InferenceSession:
         max_length: int,
         batch_size: int = 1,
         auditor: Auditor | None = None,
+        forwarding: bool = True,
     ) -> None:
         self.swarm = swarm
         self.auditor = auditor
+        self.forwarding = forwarding  # servers push hidden states to the next server
+        self.network_id = auditor.network_id if auditor is not None else NETWORK_ID
+        self._grant: SignedGrant | None = None
+        self._grant_seq = 0
+        self.forwarded_legs = 0  # server-to-server legs taken
+        self.relayed_legs = 0  # legs the client relayed
         self.num_blocks = num_blocks
         self.hidden_size = hidden_size
         self.max_length = max_length
@@ -117,20 +142,20 @@ class InferenceSession:
             await self.open()
         if mask is None:
             mask = torch.ones(hidden.shape[:2], dtype=torch.long)
-        index = 0
+        index, resync = 0, False
+        if self.forwarding and len(self.hops) > 1:
+            hidden, index = await self._forwarded_step(hidden, mask)
+            if index == len(self.hops):
+                return hidden
+            resync = True  # later hops may have run this step already, or still wait
         while index < len(self.hops):
             state = self.hops[index]
             try:
+                if resync and index > 0:
+                    await self._resync(state)
                 out = await self._send_step(state, hidden, mask)
             except NetworkError as exc:
-                log.warning(
-                    "server %s failed (%s); re-routing blocks %d-%d",
-                    state.hop.peer_id,
-                    exc,
-                    state.hop.start,
-                    state.hop.end,
-                )
-                self.failovers += 1
+                self._report_failure(state, exc)
                 replacement, out = await self._recover(state, hidden, mask)
                 self.hops[index : index + 1] = replacement
                 index += len(replacement)
@@ -138,6 +163,111 @@ class InferenceSession:
                 index += 1
             hidden = out
         return hidden
+
+    def _report_failure(self, state: HopState, exc: Exception) -> None:
+        log.warning(
+            "server %s failed (%s); re-routing blocks %d-%d",
+            state.hop.peer_id,
+            exc,
+            state.hop.start,
+            state.hop.end,
+        )
+        self.failovers += 1
+
+    # -- forwarding -----------------------------------------------------------------------
+    def _current_grant(self) -> SignedGrant:
+        """The signed route of the current hops (a new one whenever the route changed)."""
+        hops = tuple(
+            GrantHop(s.hop.peer_id, s.session_id, s.hop.start, s.hop.end, s.hop.server.address)
+            for s in self.hops
+        )
+        if self._grant is None or self._grant.grant.hops != hops:
+            self._grant_seq += 1
+            identity = self.swarm.pool.identity
+            grant = RouteGrant(
+                self.network_id, self.swarm.model_id, identity.peer_id_str, self._grant_seq, hops
+            )
+            self._grant = sign_grant(grant, identity)
+        return self._grant
+
+    async def _forwarded_step(
+        self, hidden: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, int]:
+        """One step with servers forwarding to each other. Returns the last output the
+        client checked and the index of the first hop that has not produced it (the
+        number of hops when all did); the caller relays and recovers from there."""
+        hops = list(self.hops)
+        grant = self._current_grant()
+        tokens = hidden.shape[1]
+        tensors = [hidden] if bool(mask.all()) else [hidden, mask]
+        sent = [_Sent() for _ in hops]
+        deadlines: list[float] = []
+        started = trio.current_time()
+        budget = 0.0
+        messages = []
+        for k, state in enumerate(hops):
+            fields: dict[str, object] = {"session_id": state.session_id, "length": state.length}
+            fields.update(state.audit.countersign)
+            state.audit.countersign = {}
+            if state.grant_seq != grant.grant.seq:
+                fields.update(grant.fields())
+            if k + 1 < len(hops):
+                fields["forward"] = True
+            if k > 0:
+                fields["upstream"] = True
+                fields["wait_ms"] = min(600_000, max(1, int(1000 * budget)))
+            budget += state.timeout(tokens)
+            deadlines.append(started + budget)
+            messages.append(Message("step", fields, tensors if k == 0 else []))
+        async with trio.open_nursery() as nursery:
+            for k in range(1, len(hops)):  # these send once the first request is out
+                nursery.start_soon(self._send, hops[k], messages[k], sent[k])
+            await self._send(hops[0], messages[0], sent[0])
+            x, index, previous = hidden, 0, started
+            failure: NetworkError | None = None
+            try:
+                for k, state in enumerate(hops):
+                    reply = await sent[k].reply(deadlines[k])
+                    arrived = trio.current_time()
+                    state.grant_seq = grant.grant.seq
+                    x = await self._accept(state, x, mask, reply, arrived - previous)
+                    previous, index = arrived, k + 1
+                    if index < len(hops):
+                        if reply.fields.get("forwarded") is True:
+                            self.forwarded_legs += 1
+                        else:  # the server could not reach the next one: relay that leg
+                            self.relayed_legs += 1
+                            await self._push(hops[index], x, mask)
+            except NetworkError as exc:
+                failure = exc
+            nursery.cancel_scope.cancel()  # requests still out are answered to nobody
+        if failure is not None:
+            self._report_failure(hops[index], failure)
+            replacement, x = await self._recover(hops[index], x, mask)
+            self.hops[index : index + 1] = replacement
+            index += len(replacement)
+        return x, index
+
+    async def _send(self, state: HopState, message: Message, into: _Sent) -> None:
+        try:
+            conn = await self.swarm.pool.get(state.hop.peer_id, state.hop.server.address)
+            into.set(await conn.send_request(message))
+        except NetworkError as exc:
+            into.fail(exc)
+
+    async def _push(self, state: HopState, hidden: torch.Tensor, mask: torch.Tensor) -> None:
+        """Hand a hop waiting for upstream input its input (the relay fallback)."""
+        tensors = [hidden] if bool(mask.all()) else [hidden, mask]
+        conn = await self.swarm.pool.get(state.hop.peer_id, state.hop.server.address)
+        fields = {"session_id": state.session_id, "length": state.length}
+        await conn.send(Message("push", fields, tensors))
+
+    async def _resync(self, state: HopState) -> None:
+        """After a failed forwarded step a later hop may have run it already: make its
+        cache hold exactly what this client knows it holds (a no-op if it does)."""
+        conn = await self.swarm.pool.get(state.hop.peer_id, state.hop.server.address)
+        message = Message("rollback", {"session_id": state.session_id, "length": state.length})
+        await conn.request(message, timeout=state.timeout(state.length + 1) + MIN_STEP_TIMEOUT_S)
 
     async def rollback(self, length: int) -> None:
         """Forget everything after the first `length` tokens, on every hop."""
@@ -212,6 +342,7 @@ class InferenceSession:
                 rtts=self.swarm.rtts,
                 exclude=self.swarm.backed_off(),
                 cache_tokens_needed=self.max_length * self.batch_size,
+                forwarding=self.forwarding,
             )
             states = [HopState(hop) for hop in route.hops]
             try:
@@ -258,7 +389,18 @@ class InferenceSession:
         fields.update(state.audit.countersign)
         state.audit.countersign = {}
         reply = await conn.request(Message("step", fields, tensors), timeout=state.timeout(tokens))
-        state.observe(time.perf_counter() - started, tokens)
+        return await self._accept(state, hidden, mask, reply, time.perf_counter() - started)
+
+    async def _accept(
+        self,
+        state: HopState,
+        hidden: torch.Tensor,
+        mask: torch.Tensor,
+        reply: Message,
+        seconds: float,
+    ) -> torch.Tensor:
+        """Check a hop's reply to a step on `hidden`; its output as float32."""
+        state.observe(seconds, hidden.shape[1])
         out = reply.tensors[0] if len(reply.tensors) == 1 else None
         if out is None or tuple(out.shape) != tuple(hidden.shape) or not out.is_floating_point():
             raise NetworkError(f"{state.hop.peer_id} returned a malformed step output")
@@ -270,7 +412,7 @@ class InferenceSession:
         if self.auditor is not None:
             state.audit.outputs.append(out)
             state.audit.countersign = await self.auditor.take_receipt(state, reply.fields)
-        state.length += tokens
+        state.length += hidden.shape[1]
         state.inputs.append(hidden)
         state.masks.append(mask)
         return out
@@ -297,3 +439,28 @@ class InferenceSession:
                 self.swarm.fail(broken.hop.peer_id)
                 await self.swarm.pool.drop(broken.hop.peer_id)
         raise RouteError(f"could not re-route blocks {failed.hop.start}-{failed.hop.end}")
+
+
+class _Sent:
+    """One hop's request of a forwarded step: sent (or failed to be), reply to come."""
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+        self._pending: PendingReply | None = None
+        self._error: NetworkError | None = None
+
+    def set(self, pending: PendingReply) -> None:
+        self._pending = pending
+        self._event.set()
+
+    def fail(self, error: NetworkError) -> None:
+        self._error = error
+        self._event.set()
+
+    async def reply(self, deadline: float) -> Message:
+        """The reply, or NetworkError (RequestTimeout past `deadline`)."""
+        with trio.move_on_at(deadline):
+            await self._event.wait()
+        if self._pending is None:
+            raise self._error or RequestTimeout("the request could not be sent in time")
+        return await self._pending.wait(max(0.0, deadline - trio.current_time()))

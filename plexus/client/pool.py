@@ -43,6 +43,9 @@ class ConnectionPool:
 
     async def get(self, peer_id: str, address: str) -> Connection:
         """The open connection to `peer_id` at `address`, dialing it if needed."""
+        conn = self._connections.get(peer_id)
+        if conn is not None and not conn.closed:
+            return conn  # the common case: no lock, no scheduler pass
         async with self._locks.setdefault(peer_id, trio.Lock()):
             conn = self._connections.get(peer_id)
             if conn is not None and not conn.closed:

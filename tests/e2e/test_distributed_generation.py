@@ -39,13 +39,23 @@ async def generate_via(
     prompt: list[int],
     servers: int,
     blocked: list[str],
-) -> tuple[list[int], list[dict]]:
+    forwarding: bool,
+) -> tuple[list[int], list[dict], int]:
+    """Token ids, route and the number of server-to-server legs taken."""
     async with AsyncClient.connect(
-        str(folder), initial_peers=[boot], data_dir=data_dir, block_servers=blocked
+        str(folder),
+        initial_peers=[boot],
+        data_dir=data_dir,
+        block_servers=blocked,
+        forwarding=forwarding,
     ) as client:
         await wait_for_servers(client, servers)
-        result = await client.generate_ids(prompt, max_new_tokens=NEW_TOKENS, eos=False)
-        return result.token_ids, result.route
+        session = await client.open_session(len(prompt) + NEW_TOKENS)
+        result = await client.generate_ids(
+            prompt, max_new_tokens=NEW_TOKENS, eos=False, session=session
+        )
+        await session.close()
+        return result.token_ids, result.route, session.forwarded_legs
 
 
 @pytest.mark.parametrize("family", ["tiny", "llama", "mistral", "qwen2"])
@@ -65,11 +75,14 @@ def test_two_and_three_servers_equal_generate(
     assert len(set(expected)) > 2
     boot = local_swarm.initial_peers[0]
     for use, avoid in ((two_ids, three_ids), (three_ids, two_ids)):
-        tokens, route = trio.run(
-            generate_via, boot, folder, tmp_path / "client", prompt, len(procs), avoid
-        )
-        assert [h["peer_id"] for h in route] == use
-        assert tokens == expected
+        for forwarding in (True, False):
+            tokens, route, legs = trio.run(
+                generate_via, boot, folder, tmp_path / "c", prompt, len(procs), avoid, forwarding
+            )
+            assert [h["peer_id"] for h in route] == use
+            assert tokens == expected, f"forwarding={forwarding}, {len(use)} servers"
+            # one leg between each pair of servers per step (prefill + NEW_TOKENS - 1)
+            assert legs == ((len(use) - 1) * NEW_TOKENS if forwarding else 0)
 
 
 def _victim(route: list[dict], servers: list[PeerProcess], block: int) -> PeerProcess:
@@ -84,19 +97,23 @@ async def _failover_run(
     prompt: list[int],
     servers: list[PeerProcess],
     when: str,
+    victim_block: int = 5,
+    forwarding: bool = True,
 ) -> tuple[list[int], int, str]:
-    async with AsyncClient.connect(str(folder), initial_peers=[boot], data_dir=data_dir) as c:
+    async with AsyncClient.connect(
+        str(folder), initial_peers=[boot], data_dir=data_dir, forwarding=forwarding
+    ) as c:
         await wait_for_servers(c, len(servers))
         session = await c.open_session(len(prompt) + NEW_TOKENS)
         killed: list[PeerProcess] = []
         if when == "prefill":  # the server dies after the session opened, before prefill
-            killed.append(_victim(session.route, servers, 5))
+            killed.append(_victim(session.route, servers, victim_block))
             killed[0].signal(signal.SIGKILL)
             killed[0].wait(10)
 
         def on_token(_: int) -> None:
             if when == "decode" and len(seen) == 5 and not killed:
-                killed.append(_victim(session.route, servers, 5))
+                killed.append(_victim(session.route, servers, victim_block))
                 killed[0].signal(signal.SIGKILL)
                 killed[0].wait(10)
             seen.append(_)
@@ -106,8 +123,10 @@ async def _failover_run(
             prompt, max_new_tokens=NEW_TOKENS, eos=False, session=session, on_token=on_token
         )
         await session.close()
-        replacement = _victim(result.route, servers, 5)
+        replacement = _victim(result.route, servers, victim_block)
         assert replacement is not killed[0]
+        if forwarding:
+            assert session.forwarded_legs > 0
         return result.token_ids, result.failovers, killed[0].peer_id
 
 
@@ -121,6 +140,30 @@ def test_sigkill_mid_generation_does_not_change_the_output(
     expected = reference(folder, prompt, NEW_TOKENS)
     tokens, failovers, _ = trio.run(
         _failover_run, local_swarm.initial_peers[0], folder, tmp_path / "c", prompt, servers, when
+    )
+    assert failovers >= 1
+    assert tokens == expected
+
+
+@pytest.mark.parametrize("forwarding", [True, False])
+def test_sigkill_of_the_middle_server_does_not_change_the_output(
+    local_swarm: LocalSwarm, model_dirs: dict[str, Path], tmp_path: Path, forwarding: bool
+) -> None:
+    """Three hops; the middle server, which the first forwards to, dies mid-decode."""
+    folder = model_dirs["tiny"]
+    servers = start_servers(local_swarm, str(folder), ["0-2", "3-5", "3-5", "6-7"])
+    prompt = list(b"the middle one falls")
+    expected = reference(folder, prompt, NEW_TOKENS)
+    tokens, failovers, _ = trio.run(
+        _failover_run,
+        local_swarm.initial_peers[0],
+        folder,
+        tmp_path / "c",
+        prompt,
+        servers,
+        "decode",
+        4,
+        forwarding,
     )
     assert failovers >= 1
     assert tokens == expected
