@@ -4,6 +4,7 @@ servers in back-off after failing."""
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 import trio
@@ -26,7 +27,6 @@ def server_info(record: ServerRecord, reputation: float = 1.0) -> ServerInfo:
     load = 0.0
     if isinstance(sessions, int) and isinstance(max_sessions, int) and max_sessions > 0:
         load = min(1.0, sessions / max_sessions)
-    next_rtts = extra.get("next_rtts")
     return ServerInfo(
         peer_id=record.peer_id,
         start=record.start,
@@ -36,8 +36,23 @@ def server_info(record: ServerRecord, reputation: float = 1.0) -> ServerInfo:
         load=load,
         address=record.data_addr,
         reputation=reputation,
-        next_rtts=next_rtts if isinstance(next_rtts, dict) else {},
+        next_rtts=_next_rtts(extra.get("next_rtt_ms")),
     )
+
+
+def _next_rtts(published: object) -> dict[str, float]:
+    """A record's `next_rtt_ms` (peer id -> ms) in seconds; bad entries are ignored."""
+    if not isinstance(published, dict):
+        return {}
+    return {
+        peer: float(ms) / 1000
+        for peer, ms in list(published.items())[:64]
+        if isinstance(peer, str)
+        and isinstance(ms, int | float)
+        and not isinstance(ms, bool)
+        and math.isfinite(ms)
+        and 0 <= ms < 600_000
+    }
 
 
 class SwarmView:

@@ -12,7 +12,7 @@ import logging
 import random
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -21,6 +21,7 @@ import torch
 import trio
 
 from plexus import __version__
+from plexus.client.pool import ConnectionPool
 from plexus.errors import ConfigError
 from plexus.identity import Identity
 from plexus.models import load_span, open_model
@@ -28,13 +29,15 @@ from plexus.models.resolve import ModelFiles
 from plexus.p2p.dataplane import Limits, serve_dataplane
 from plexus.p2p.dht import DHTNode
 from plexus.p2p.records import ServerRecord, make_record
-from plexus.server import memory
+from plexus.server import memory, neighbours
 from plexus.server.accounting import BalanceBook
 from plexus.server.backend import SpanBackend
+from plexus.server.forwarding import Forwarder
 from plexus.server.handlers import BlockServerHandlers
 from plexus.server.span_choice import Coverage, choose_span, should_move
 from plexus.server.throughput import cached_throughput
 from plexus.server.verifier import ServerVerifier
+from plexus.verification import NETWORK_ID
 
 log = logging.getLogger(__name__)
 
@@ -164,15 +167,23 @@ async def serve(opts: ServeOptions, announce_ready: Callable[[dict], None]) -> i
             {"num_blocks": n_layers, "dtype": dtype_name, "throughput": throughput},
             verifier,
         )
-        async with trio.open_nursery() as nursery:
+        limits = Limits(
+            emulated_delay=opts.emulate_latency[0], emulated_jitter=opts.emulate_latency[1]
+        )
+        async with ConnectionPool.open(identity, limits) as pool, trio.open_nursery() as nursery:
+            handlers.forwarder = Forwarder(
+                identity.peer_id_str,
+                NETWORK_ID,
+                model_id,
+                pool,
+                nursery,
+                send_in_background=bool(opts.emulate_latency[0] or opts.emulate_latency[1]),
+            )
             dataplane = await nursery.start(
                 partial(
                     serve_dataplane,
                     on_disconnect=_dropper(backend),
-                    limits=Limits(
-                        emulated_delay=opts.emulate_latency[0],
-                        emulated_jitter=opts.emulate_latency[1],
-                    ),
+                    limits=limits,
                 ),
                 identity,
                 opts.host,
@@ -188,6 +199,8 @@ async def serve(opts: ServeOptions, announce_ready: Callable[[dict], None]) -> i
                 balances = BalanceBook(verifier.ledger)
                 backend.priority = balances
                 nursery.start_soon(balances.refresh_forever)
+
+            next_rtts: dict[str, float] = {}  # ms to the servers this span feeds
 
             def record() -> ServerRecord:
                 return make_record(
@@ -205,6 +218,7 @@ async def serve(opts: ServeOptions, announce_ready: Callable[[dict], None]) -> i
                         "sessions": len(backend.sessions),
                         "max_sessions": backend.max_sessions,
                         "model": opts.model[:128],
+                        **({"next_rtt_ms": dict(next_rtts)} if next_rtts else {}),
                     },
                 )
 
@@ -221,7 +235,18 @@ async def serve(opts: ServeOptions, announce_ready: Callable[[dict], None]) -> i
                     "version": __version__,
                 }
             )
-            nursery.start_soon(_announce_loop, node, backend, record, opts.announce_period)
+            nursery.start_soon(
+                _announce_loop, node, backend, record, opts.announce_period, next_rtts.keys
+            )
+            nursery.start_soon(
+                neighbours.measure_forever,
+                node,
+                pool,
+                model_id,
+                lambda: backend.span.end,
+                next_rtts,
+                opts.announce_period,
+            )
             if opts.rebalance and opts.shards is None:
                 nursery.start_soon(_rebalance_loop, node, backend, record, opts, files, throughput)
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -243,7 +268,6 @@ def _make_verifier(
     """Commitments and receipts (always), the ledger, and an injected fault (tests)."""
     from ledger import LedgerStore
     from ledger.engine import sqlite_url
-    from plexus.verification import NETWORK_ID
     from plexus.verification.faults import Fault
 
     fault = Fault.parse(opts.inject_fault) if opts.inject_fault else None
@@ -275,14 +299,22 @@ async def _gossip(node: DHTNode, verifier: ServerVerifier) -> None:
 
 
 async def _announce_loop(
-    node: DHTNode, backend: SpanBackend, record: Callable[[], ServerRecord], period: float
+    node: DHTNode,
+    backend: SpanBackend,
+    record: Callable[[], ServerRecord],
+    period: float,
+    neighbours_measured: Callable[[], Iterable[str]] = tuple,
 ) -> None:
     """Announce every `period` (counted from the start of the previous announcement, so
     a slow DHT does not stretch the interval past the record's lifetime), and soon after
     the number of sessions or the free cache changes. Announcements run in the
     background, at most two at a time, so one stuck on a dead peer does not delay the
     next."""
-    last_state = (len(backend.sessions), backend.free_cache_tokens)
+
+    def state() -> tuple[int, int, frozenset[str]]:
+        return len(backend.sessions), backend.free_cache_tokens, frozenset(neighbours_measured())
+
+    last_state = state()
     next_due = trio.current_time() + period
     in_flight = 0
 
@@ -304,10 +336,10 @@ async def _announce_loop(
     async with trio.open_nursery() as nursery:
         while True:
             await trio.sleep_until(min(next_due, trio.current_time() + 0.5))
-            state = (len(backend.sessions), backend.free_cache_tokens)
+            current = state()
             now = trio.current_time()
-            if (state != last_state or now >= next_due) and in_flight < 2:
-                last_state, next_due = state, now + period
+            if (current != last_state or now >= next_due) and in_flight < 2:
+                last_state, next_due = current, now + period
                 nursery.start_soon(announce_once)
 
 
