@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import nacl.exceptions
@@ -74,6 +74,7 @@ class Identity:
         return self.signing_key.sign(data).signature
 
 
+@lru_cache(maxsize=4096)
 def public_key_of(peer_id: str) -> bytes:
     """The raw 32-byte Ed25519 public key embedded in a `12D3KooW...` peer id."""
     try:

@@ -60,14 +60,24 @@ def model_tag(model_id: str) -> bytes:
 
 def _position_major_bytes(hidden: torch.Tensor, mask: torch.Tensor | None) -> bytes:
     """[B, T, H] hidden (any float dtype) and [B, T] mask -> bytes, position by position."""
-    rows = hidden.detach().to("cpu", torch.float32).transpose(0, 1).contiguous()  # [T, B, H]
+    rows = _float32_numpy(hidden).transpose(1, 0, 2)  # [T, B, H]
     t, b, h = rows.shape
     if mask is None:
-        flags = torch.ones(t, b, dtype=torch.uint8)
+        if t == 1:  # a decode step: the row's bytes and one "real" flag per batch row
+            return np.ascontiguousarray(rows).tobytes() + b"\x01" * b
+        flags = np.ones((t, b), dtype=np.uint8)
     else:
-        flags = (mask.detach().to("cpu") != 0).to(torch.uint8).transpose(0, 1).contiguous()
-    raw = rows.view(torch.uint8).reshape(t, b * h * 4)
-    return torch.cat([raw, flags], dim=1).numpy().tobytes()
+        flags = (mask.detach().to("cpu").numpy() != 0).astype(np.uint8).T
+    raw = np.ascontiguousarray(rows).view(np.uint8).reshape(t, b * h * 4)
+    return np.concatenate([raw, flags], axis=1).tobytes()
+
+
+def _float32_numpy(tensor: torch.Tensor) -> np.ndarray:
+    """A float32 little-endian numpy view (or copy) of a CPU or device tensor."""
+    t = tensor.detach()
+    if t.device.type != "cpu" or t.dtype != torch.float32:
+        t = t.to("cpu", torch.float32)
+    return t.numpy()
 
 
 class InputsHasher:
@@ -103,9 +113,13 @@ def inputs_hash(hidden: torch.Tensor, mask: torch.Tensor | None) -> bytes:
 
 def tensor_hash(tensor: torch.Tensor) -> bytes:
     """SHA-256 of a tensor as sent: dtype, shape and raw bytes."""
-    t = tensor.detach().to("cpu").contiguous()
+    t = tensor.detach()
+    if t.device.type != "cpu" or not t.is_contiguous():
+        t = t.to("cpu").contiguous()
     head = f"{str(t.dtype).removeprefix('torch.')}:{list(t.shape)}".encode()
-    return hashlib.sha256(head + b"\0" + t.view(torch.uint8).numpy().tobytes()).digest()
+    digest = hashlib.sha256(head + b"\0")
+    digest.update(t.view(torch.uint8).numpy().data if t.numel() else b"")
+    return digest.digest()
 
 
 # -- sketches ---------------------------------------------------------------------------
@@ -122,13 +136,18 @@ def projection_matrix(inputs_digest: bytes, hidden_size: int) -> torch.Tensor:
 def sketch(delta: torch.Tensor, mask: torch.Tensor | None, proj: torch.Tensor) -> np.ndarray:
     """[B, T, H] update -> [T, B, 1 + PROJECTIONS] fp16: RMS then projections; padding
     positions (mask 0) are all zeros."""
-    d = delta.detach().to(torch.float32)
-    rms = d.pow(2).mean(-1, keepdim=True).sqrt()
-    values = torch.cat([rms, d @ proj.to(d.device).T], dim=-1)  # [B, T, 1 + P]
-    if mask is not None:
-        values = values * (mask.to(values.device) != 0).unsqueeze(-1)
-    values = values.clamp(-FP16_MAX, FP16_MAX).nan_to_num(nan=FP16_MAX)
-    return values.transpose(0, 1).to("cpu", torch.float16).contiguous().numpy()
+    return _sketch(_float32_numpy(delta), mask, proj)
+
+
+def _sketch(d: np.ndarray, mask: torch.Tensor | None, proj: torch.Tensor) -> np.ndarray:
+    # numpy: these tensors are small, and numpy's per-call cost is a fraction of torch's.
+    with np.errstate(over="ignore", invalid="ignore"):
+        rms = np.sqrt(np.mean(d * d, axis=-1, keepdims=True, dtype=np.float32))
+        values = np.concatenate([rms, d @ proj.numpy().T], axis=-1)  # [B, T, 1 + P]
+        if mask is not None:
+            values = values * (mask.detach().to("cpu").numpy() != 0)[..., None]
+        values = np.nan_to_num(np.clip(values, -FP16_MAX, FP16_MAX), nan=FP16_MAX)
+    return np.ascontiguousarray(values.transpose(1, 0, 2).astype(np.float16))
 
 
 # -- the blob ---------------------------------------------------------------------------
@@ -202,8 +221,9 @@ def make_commitment(
     """The commitment to `output` for `hidden` [B, T, H] (tokens `position`..); the sketch
     covers tokens from index `sketch_from` of this chunk."""
     proj = projection_matrix(inputs_digest, hidden.shape[2])
-    delta = output[:, sketch_from:].to(torch.float32) - hidden[:, sketch_from:].to(torch.float32)
-    values = sketch(delta, None if mask is None else mask[:, sketch_from:], proj)
+    with np.errstate(over="ignore", invalid="ignore"):
+        delta = _float32_numpy(output[:, sketch_from:]) - _float32_numpy(hidden[:, sketch_from:])
+    values = _sketch(delta, None if mask is None else mask[:, sketch_from:], proj)
     return Commitment(
         kind, model_tag(model_id), block_start, block_end, session_id, step,
         position + sketch_from, values.shape[0], hidden.shape[0], hidden.shape[2],
