@@ -16,7 +16,7 @@ Topics (message data = the object's canonical bytes, docs/ledger.md):
 from __future__ import annotations
 
 import logging
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -38,6 +38,8 @@ TOPICS = {"receipt": "/plexus/ledger/receipt/1", "fraud": "/plexus/ledger/fraud/
 MAX_MESSAGE_BYTES = 70_000
 PEER_STREAM_TIMEOUT_S = 5.0
 RETRY_PEER_S = 300.0
+MAX_REPUBLISHED = 16  # fraud proofs kept to send to peers that join later
+REPUBLISH_DELAY_S = 1.0
 
 
 class LedgerGossip:
@@ -50,6 +52,8 @@ class LedgerGossip:
         self.accepted: Counter[str] = Counter()
         self.rejected: Counter[tuple[str, str]] = Counter()  # (kind, reason)
         self._limiter = trio.CapacityLimiter(1)
+        # Fraud proofs this peer published, sent again to peers that join later.
+        self._proofs: deque[bytes] = deque(maxlen=MAX_REPUBLISHED)
 
     @classmethod
     @asynccontextmanager
@@ -85,6 +89,7 @@ class LedgerGossip:
         and keep adding peers the DHT connects to later. Peers without pubsub (a
         bootstrap peer) are asked again only after `RETRY_PEER_S`."""
         refused: dict[ID, float] = {}
+        known: set[ID] = set()
         while True:
             now = trio.current_time()
             for peer in self.pubsub.host.get_connected_peers():
@@ -94,6 +99,13 @@ class LedgerGossip:
                     await self.pubsub.ensure_peer_stream(peer, PEER_STREAM_TIMEOUT_S)
                 if peer not in self.pubsub.peers:
                     refused[peer] = trio.current_time() + RETRY_PEER_S
+            joined = set(self.pubsub.peers) - known
+            known |= joined
+            if joined and self._proofs:
+                # A proof published before these peers were reachable never got to them.
+                await trio.sleep(REPUBLISH_DELAY_S)  # let them learn our subscriptions
+                for proof in list(self._proofs):
+                    await self._send("fraud", proof)
             await trio.sleep(2.0)
 
     async def _drain(self, kind: str, subscription: object) -> None:
@@ -129,7 +141,13 @@ class LedgerGossip:
             self.store.add_fraud_proof(data, self.checker)
 
     async def publish(self, kind: str, data: bytes) -> None:
-        """Send a receipt or fraud proof to every peer keeping a ledger (best effort)."""
+        """Send a receipt or fraud proof to every peer keeping a ledger (best effort;
+        fraud proofs are sent again to peers that join later)."""
+        if kind == "fraud":
+            self._proofs.append(data)
+        await self._send(kind, data)
+
+    async def _send(self, kind: str, data: bytes) -> None:
         try:
             with trio.move_on_after(5.0):
                 await self.pubsub.publish(TOPICS[kind], data)

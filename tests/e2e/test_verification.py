@@ -22,6 +22,7 @@ from tests.e2e.helpers import ANNOUNCE, start_servers, wait_for_servers
 pytestmark = pytest.mark.slow
 NEW_TOKENS = 3
 PROMPT = 5
+GOSSIP_TIMEOUT_S = 30.0  # gossip is eventually consistent: a new peer joins the mesh late
 
 
 class References:
@@ -40,10 +41,12 @@ class References:
 
 async def run_until_convicted(
     boot: str, folder: Path, data_dir: Path, cheater: str, prompts: list[list[int]],
-    expected: References, after: int,
+    expected: References, after: int, server_ledgers: list[Path],
 ) -> tuple[int, list[list[str]]]:  # fmt: skip
     """Requests until the cheater is convicted, then `after` more; returns the request
-    number of the conviction and the routes used after it."""
+    number of the conviction and the routes used after it. Before leaving, waits (while
+    the client is still in the swarm) until gossip has brought the fraud proof to the
+    honest servers' ledgers."""
     async with AsyncClient.connect(str(folder), initial_peers=[boot], data_dir=data_dir) as client:
         await wait_for_servers(client, 3)
         auditor = client.auditor
@@ -68,7 +71,15 @@ async def run_until_convicted(
                 convicted_at = i + 1
         assert auditor.proofs and auditor.proofs[0].proof.accused_key
         print(f"\nconvicted after {convicted_at} requests; {auditor.stats}")
+        with trio.move_on_after(GOSSIP_TIMEOUT_S):
+            while not await trio.to_thread.run_sync(lambda: all(map(has_proof, server_ledgers))):
+                await trio.sleep(0.5)
         return convicted_at, later_routes
+
+
+def has_proof(ledger: Path) -> bool:
+    with LedgerStore(sqlite_url(ledger)) as store:
+        return store.counts()["fraud_proofs"] >= 1
 
 
 def ledger_verify(data_dir: Path) -> dict:
@@ -91,9 +102,10 @@ def test_cheater_is_convicted_and_avoided(
     prompts = [torch.randint(3, 200, (PROMPT,), generator=gen).tolist() for _ in range(budget + 5)]
     expected = References(folder)
     client_dir = tmp_path / "client"
+    ledgers = [local_swarm.root / server.name / "ledger.sqlite" for server in honest]
     convicted_at, later = trio.run(
         run_until_convicted, local_swarm.initial_peers[0], folder, client_dir,
-        cheater.peer_id, prompts, expected, 5,
+        cheater.peer_id, prompts, expected, 5, ledgers,
     )  # fmt: skip
     assert 1 <= convicted_at <= budget
     assert later and all(cheater.peer_id not in route for route in later)
