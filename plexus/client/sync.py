@@ -35,7 +35,9 @@ class Client:
         initial_peers: Sequence[str] = (),
         data_dir: str | Path | None = None,
         identity_file: str | Path | None = None,
+        **options: Any,
     ) -> None:
+        """`options` are those of `AsyncClient.connect` (verify, forwarding, ...)."""
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._client: AsyncClient | None = None
@@ -43,7 +45,7 @@ class Client:
         self._stop: trio.Event | None = None
         self._thread = threading.Thread(
             target=trio.run,
-            args=(self._main, model, tuple(initial_peers), data_dir, identity_file),
+            args=(self._main, model, tuple(initial_peers), data_dir, identity_file, options),
             name="plexus-client",
             daemon=True,
         )
@@ -52,10 +54,17 @@ class Client:
         if self._error is not None:
             raise self._error
 
-    async def _main(self, model: str, peers: tuple[str, ...], data_dir: Any, identity: Any) -> None:
+    async def _main(
+        self,
+        model: str,
+        peers: tuple[str, ...],
+        data_dir: Any,
+        identity: Any,
+        options: dict[str, Any],
+    ) -> None:
         try:
             async with AsyncClient.connect(
-                model, initial_peers=peers, data_dir=data_dir, identity_file=identity
+                model, initial_peers=peers, data_dir=data_dir, identity_file=identity, **options
             ) as client:
                 self._client = client
                 self._token = trio.lowlevel.current_trio_token()

@@ -57,6 +57,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="stop when this text appears (repeatable)",
     )
     parser.add_argument("--identity", default=None, help="key file (default DATA_DIR/identity.key)")
+    parser.add_argument(
+        "--no-forwarding",
+        action="store_true",
+        help="relay every server's output through this client instead of letting each "
+        "server send it straight to the next one (slower over real networks)",
+    )
     options.add_emulate_latency(parser)
     options.add_common(parser, network=True, reporting=True)
     parser.set_defaults(func=run)
@@ -96,6 +102,7 @@ async def _run(args: argparse.Namespace) -> int:
         initial_peers=options.initial_peers(args),
         data_dir=options.data_dir(args),
         identity_file=args.identity,
+        forwarding=not args.no_forwarding,
         emulate_latency=options.emulated_latency(args),
     ) as client:
         if args.prompt is not None:
