@@ -323,7 +323,9 @@ async def _announce_loop(
         in_flight += 1
         started = trio.current_time()
         try:
-            with trio.move_on_after(2 * period):
+            # Never cut an announcement before its RPCs time out: a dead peer is forgotten
+            # only when an RPC to it times out, and until then it stalls every walk.
+            with trio.move_on_after(max(2 * period, node.config.operation_timeout)):
                 await node.announce(record())
         except Exception as exc:  # announce errors must not stop serving
             log.warning("announce failed: %s", exc)

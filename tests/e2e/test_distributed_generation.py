@@ -83,6 +83,22 @@ def test_two_and_three_servers_equal_generate(
             assert tokens == expected, f"forwarding={forwarding}, {len(use)} servers"
             # one leg between each pair of servers per step (prefill + NEW_TOKENS - 1)
             assert legs == ((len(use) - 1) * NEW_TOKENS if forwarding else 0)
+    # Servers publish round trips to the servers holding the blocks after theirs.
+    for first, second in ((two_ids[0], two_ids[1]), (three_ids[1], three_ids[2])):
+        rtt = trio.run(published_rtt, boot, folder, tmp_path / "c", first, second)
+        assert 0 < rtt < 1000
+
+
+async def published_rtt(boot: str, folder: Path, data_dir: Path, peer: str, to: str) -> float:
+    """The round trip (ms) `peer` publishes to `to` in its record (waits up to 30 s)."""
+    async with AsyncClient.connect(str(folder), initial_peers=[boot], data_dir=data_dir) as c:
+        with trio.fail_after(30):
+            while True:
+                records = {r.peer_id: r for r in await c.swarm.node.find_servers(c.swarm.model_id)}
+                rtts = (records[peer].extra or {}).get("next_rtt_ms", {}) if peer in records else {}
+                if to in rtts:
+                    return float(rtts[to])
+                await trio.sleep(0.5)
 
 
 def _victim(route: list[dict], servers: list[PeerProcess], block: int) -> PeerProcess:
