@@ -82,8 +82,11 @@ async def generate_tokens(
     started = time.perf_counter()
     step_ids = input_ids
     for _ in range(max_new_tokens):
-        hidden = await session.step(head.embed(step_ids))
-        logits = head.logits(hidden[:, -1])
+        # The logits are computed while the last server's commitment is on its way.
+        _, logits = await session.step_and(
+            head.embed(step_ids), lambda out: head.logits(out[:, -1])
+        )
+        assert logits is not None
         next_id = int(sampler(logits, seen)[0])
         generated.append(next_id)
         if on_token is not None:

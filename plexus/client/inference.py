@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import logging
 import random
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 import torch
 import trio
@@ -33,6 +34,7 @@ from plexus.p2p.route_grant import GrantHop, RouteGrant, SignedGrant, sign_grant
 from plexus.verification import NETWORK_ID
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 FIRST_STEP_TIMEOUT_S = 60.0  # before any step time was measured
 MIN_STEP_TIMEOUT_S = 3.0
@@ -99,6 +101,8 @@ class InferenceSession:
         self._grant_seq = 0
         self.forwarded_legs = 0  # server-to-server legs taken
         self.relayed_legs = 0  # legs the client relayed
+        self._then: Callable[[torch.Tensor], object] | None = None  # see step_and
+        self._early: tuple[torch.Tensor, object] | None = None
         self.num_blocks = num_blocks
         self.hidden_size = hidden_size
         self.max_length = max_length
@@ -138,22 +142,35 @@ class InferenceSession:
 
     async def step(self, hidden: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Run `hidden` [B, T, H] through every block; `mask` [B, T] marks padding."""
+        out, _ = await self.step_and(hidden, None, mask)
+        return out
+
+    async def step_and(
+        self,
+        hidden: torch.Tensor,
+        then: Callable[[torch.Tensor], T] | None,
+        mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, T | None]:
+        """`step`, and `then(output)` (say, the next token's logits). With verification,
+        `then` runs as soon as the last server's output arrives, while its commitment is
+        still on the way (the last server computes it after replying); the output is
+        returned only once the commitment checked out."""
         if not self.hops:
             await self.open()
         if mask is None:
             mask = torch.ones(hidden.shape[:2], dtype=torch.long)
+        self._then, self._early = then, None
         index, resync = 0, False
         if self.forwarding and len(self.hops) > 1:
             hidden, index = await self._forwarded_step(hidden, mask)
-            if index == len(self.hops):
-                return hidden
             resync = True  # later hops may have run this step already, or still wait
         while index < len(self.hops):
             state = self.hops[index]
+            last = index == len(self.hops) - 1
             try:
                 if resync and index > 0:
                     await self._resync(state)
-                out = await self._send_step(state, hidden, mask)
+                out = await self._send_step(state, hidden, mask, split=last)
             except NetworkError as exc:
                 self._report_failure(state, exc)
                 replacement, out = await self._recover(state, hidden, mask)
@@ -162,7 +179,11 @@ class InferenceSession:
             else:
                 index += 1
             hidden = out
-        return hidden
+        if then is None:
+            return hidden, None
+        if self._early is not None and self._early[0] is hidden:
+            return hidden, self._early[1]  # type: ignore[return-value]
+        return hidden, then(hidden)
 
     def _report_failure(self, state: HopState, exc: Exception) -> None:
         log.warning(
@@ -216,24 +237,24 @@ class InferenceSession:
             if k > 0:
                 fields["upstream"] = True
                 fields["wait_ms"] = min(600_000, max(1, int(1000 * budget)))
+            if k + 1 == len(hops) and self.auditor is not None:
+                fields["split"] = True  # the commitment follows in its own reply
             budget += state.timeout(tokens)
             deadlines.append(started + budget)
             messages.append(Message("step", fields, tensors if k == 0 else []))
         async with trio.open_nursery() as nursery:
             for k in range(1, len(hops)):  # these send once the first request is out
-                nursery.start_soon(self._send, hops[k], messages[k], sent[k])
-            await self._send(hops[0], messages[0], sent[0])
+                nursery.start_soon(self._send, hops[k], messages[k], sent[k], tokens)
+            await self._send(hops[0], messages[0], sent[0], tokens)
             x, index, previous = hidden, 0, started
             failure: NetworkError | None = None
             try:
                 for k, state in enumerate(hops):
-                    reply = await sent[k].reply(deadlines[k])
-                    arrived = trio.current_time()
+                    x = await self._receive(state, x, mask, sent[k], deadlines[k], previous)
                     state.grant_seq = grant.grant.seq
-                    x = await self._accept(state, x, mask, reply, arrived - previous)
-                    previous, index = arrived, k + 1
+                    previous, index = trio.current_time(), k + 1
                     if index < len(hops):
-                        if reply.fields.get("forwarded") is True:
+                        if sent[k].fields.get("forwarded") is True:
                             self.forwarded_legs += 1
                         else:  # the server could not reach the next one: relay that leg
                             self.relayed_legs += 1
@@ -248,10 +269,14 @@ class InferenceSession:
             index += len(replacement)
         return x, index
 
-    async def _send(self, state: HopState, message: Message, into: _Sent) -> None:
+    async def _send(self, state: HopState, message: Message, into: _Sent, tokens: int) -> None:
         try:
             conn = await self.swarm.pool.get(state.hop.peer_id, state.hop.server.address)
-            into.set(await conn.send_request(message))
+            pending = await conn.send_request(message)
+            if message.fields.get("split"):
+                request = self._commitment_request(state, tokens)
+                into.commitment = await conn.send_request(request)
+            into.set(pending)
         except NetworkError as exc:
             into.fail(exc)
 
@@ -379,17 +404,54 @@ class InferenceSession:
         state.session_id = session_id
 
     async def _send_step(
-        self, state: HopState, hidden: torch.Tensor, mask: torch.Tensor
+        self, state: HopState, hidden: torch.Tensor, mask: torch.Tensor, split: bool = False
     ) -> torch.Tensor:
+        """A relayed step on one hop; `split`: the commitment may follow the reply."""
         conn = await self.swarm.pool.get(state.hop.peer_id, state.hop.server.address)
         tokens = hidden.shape[1]
         tensors = [hidden] if bool(mask.all()) else [hidden, mask]
-        started = time.perf_counter()
+        started = trio.current_time()
         fields = {"session_id": state.session_id, "length": state.length}
         fields.update(state.audit.countersign)
         state.audit.countersign = {}
-        reply = await conn.request(Message("step", fields, tensors), timeout=state.timeout(tokens))
-        return await self._accept(state, hidden, mask, reply, time.perf_counter() - started)
+        deadline = started + state.timeout(tokens)
+        sent = _Sent()
+        if split and self.auditor is not None:
+            fields["split"] = True
+            sent.set(await conn.send_request(Message("step", fields, tensors)))
+            sent.commitment = await conn.send_request(self._commitment_request(state, tokens))
+        else:
+            sent.set(await conn.send_request(Message("step", fields, tensors)))
+        return await self._receive(state, hidden, mask, sent, deadline, started)
+
+    def _commitment_request(self, state: HopState, tokens: int) -> Message:
+        fields = {"session_id": state.session_id, "length": state.length + tokens}
+        fields["wait_ms"] = min(600_000, max(1, int(1000 * state.timeout(tokens))))
+        return Message("commitment", fields)
+
+    async def _receive(
+        self,
+        state: HopState,
+        hidden: torch.Tensor,
+        mask: torch.Tensor,
+        sent: _Sent,
+        deadline: float,
+        since: float,
+    ) -> torch.Tensor:
+        """A hop's reply to a step on `hidden`, checked; with a split commitment, `then`
+        runs on the output while the commitment is on its way."""
+        reply = await sent.reply(deadline)
+        seconds = trio.current_time() - since
+        early = None
+        if sent.commitment is not None:
+            out = reply.tensors[0] if len(reply.tensors) == 1 else None
+            if out is not None and out.is_floating_point():
+                early = out.float()
+                if self._then is not None and tuple(out.shape) == tuple(hidden.shape):
+                    self._early = (early, self._then(early))
+            more = await sent.commitment.wait(max(0.0, deadline - trio.current_time()) + 1.0)
+            reply.fields.update(more.fields)
+        return await self._accept(state, hidden, mask, reply, seconds, early)
 
     async def _accept(
         self,
@@ -398,15 +460,17 @@ class InferenceSession:
         mask: torch.Tensor,
         reply: Message,
         seconds: float,
+        as_float: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Check a hop's reply to a step on `hidden`; its output as float32."""
+        """Check a hop's reply to a step on `hidden`; its output as float32 (`as_float`
+        if the caller converted it already)."""
         state.observe(seconds, hidden.shape[1])
         out = reply.tensors[0] if len(reply.tensors) == 1 else None
         if out is None or tuple(out.shape) != tuple(hidden.shape) or not out.is_floating_point():
             raise NetworkError(f"{state.hop.peer_id} returned a malformed step output")
         if self.auditor is not None:
             self.auditor.check_step(state, hidden, mask, reply, out)
-        out = out.float()
+        out = as_float if as_float is not None else out.float()
         if not bool(torch.isfinite(out).all()):
             raise NetworkError(f"{state.hop.peer_id} returned non-finite hidden states")
         if self.auditor is not None:
@@ -442,12 +506,15 @@ class InferenceSession:
 
 
 class _Sent:
-    """One hop's request of a forwarded step: sent (or failed to be), reply to come."""
+    """One hop's request of a step: sent (or failed to be), reply to come; and, for a
+    split step, the request for its commitment."""
 
     def __init__(self) -> None:
         self._event = trio.Event()
         self._pending: PendingReply | None = None
         self._error: NetworkError | None = None
+        self.commitment: PendingReply | None = None
+        self.fields: dict[str, object] = {}  # of the reply, once it came
 
     def set(self, pending: PendingReply) -> None:
         self._pending = pending
@@ -463,4 +530,6 @@ class _Sent:
             await self._event.wait()
         if self._pending is None:
             raise self._error or RequestTimeout("the request could not be sent in time")
-        return await self._pending.wait(max(0.0, deadline - trio.current_time()))
+        message = await self._pending.wait(max(0.0, deadline - trio.current_time()))
+        self.fields = message.fields
+        return message

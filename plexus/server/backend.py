@@ -44,6 +44,7 @@ class ServerSession:
     end: int = 0
     last_used: float = field(default_factory=time.monotonic)
     chain: Any = None  # plexus.server.forwarding.ChainState once forwarding is used
+    commitments: Any = None  # plexus.server.commitment_box.CommitmentBox for split steps
 
     @property
     def reserved_tokens(self) -> int:

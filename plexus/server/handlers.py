@@ -9,10 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import trio
 
 from plexus import __version__
 from plexus.p2p.dataplane import Message, Router
 from plexus.server.backend import ServerSession, SpanBackend
+from plexus.server.commitment_box import commitments_of
 from plexus.server.errors import ServerCode, ServerError
 from plexus.server.forwarding import Forwarder
 from plexus.server.verifier import ServerVerifier
@@ -81,11 +83,22 @@ class BlockServerHandlers:
     ) -> None:
         self.backend = backend
         self.forwarder = forwarder  # server-to-server forwarding (docs/protocol.md, Part 5)
+        self.background: trio.Nursery | None = None  # for work no reply waits for
         self.model_id = model_id
         self.info = info  # static facts: num_blocks, dtype, throughput, ...
         self.verifier = verifier  # commitments, receipts, injected faults (verification)
         self.router = Router()
-        for name in ("info", "open", "step", "push", "rollback", "close", "forward", "receipt"):
+        for name in (
+            "info",
+            "open",
+            "step",
+            "commitment",
+            "push",
+            "rollback",
+            "close",
+            "forward",
+            "receipt",
+        ):
             self.router.route(name)(getattr(self, f"on_{name}"))
 
     def _check_model(self, fields: dict[str, Any]) -> None:
@@ -145,9 +158,12 @@ class BlockServerHandlers:
                 ServerCode.MALFORMED_REQUEST,
                 "an upstream step carries no tensors, on a server that forwards",
             )
+        split = _flag(f, "split") and self.verifier is not None
+        box = commitments_of(session)
+        await box.settled()  # the previous step's commitment first: inputs hash in order
         hidden, mask = (None, None) if upstream else _hidden_and_mask(message)
         if self.verifier is not None and "client_sig" in f:
-            await self.verifier.countersigned(peer_id, session.id, f)
+            await self.verifier.countersigned(peer_id, session.id, f, self.background)
         if upstream:
             assert forwarder is not None
             wait_s = _int(f, "wait_ms", 1, 600_000) / 1000
@@ -162,9 +178,27 @@ class BlockServerHandlers:
             # Output first (it is what the next server waits for), commitment after.
             pushed = forwarder is not None and await forwarder.push(session, expected, out, mask)
             fields["forwarded"] = pushed
-        if self.verifier is not None:
+        if split:  # the reply goes now; a `commitment` request gets the commitment
+            assert self.verifier is not None
+            verifier, length = self.verifier, session.model.length
+            box.post(length, lambda: verifier.commit_step(session, expected, hidden, mask, out))
+            if self.background is not None:
+                self.background.start_soon(box.compute)
+            else:
+                await box.compute()
+            fields["commitment_follows"] = True
+        elif self.verifier is not None:
             fields.update(self.verifier.commit_step(session, expected, hidden, mask, out))
         return Message("step", fields, [out])
+
+    async def on_commitment(self, peer_id: str, message: Message) -> Message:
+        """The commitment (and receipt, when due) of a `split` step, once computed."""
+        f = message.fields
+        session = self.backend.get(peer_id, _str(f, "session_id", 64))
+        length = _int(f, "length", 1, 1_000_000)
+        wait_s = _int(f, "wait_ms", 1, 600_000) / 1000 if "wait_ms" in f else 60.0
+        fields = await commitments_of(session).get(length, wait_s)
+        return Message("commitment", fields)
 
     async def on_push(self, peer_id: str, message: Message) -> Message:
         """Input for a session's next step, from the hop before it (or its owner)."""
@@ -189,6 +223,9 @@ class BlockServerHandlers:
         session = self.backend.get(peer_id, _str(f, "session_id", 64))
         if self.forwarder is not None:
             self.forwarder.supersede(session)
+        box = commitments_of(session)
+        await box.settled()
+        box.reset()
         length = _int(f, "length", 0, session.model.length)
         await self.backend.rollback(session, length)
         if self.verifier is not None:
@@ -197,8 +234,11 @@ class BlockServerHandlers:
 
     async def on_close(self, peer_id: str, message: Message) -> Message:
         session_id = _str(message.fields, "session_id", 64)
-        if self.forwarder is not None and session_id in self.backend.sessions:
-            self.forwarder.supersede(self.backend.get(peer_id, session_id))
+        if session_id in self.backend.sessions:
+            session = self.backend.get(peer_id, session_id)
+            if self.forwarder is not None:
+                self.forwarder.supersede(session)
+            await commitments_of(session).settled()  # the final receipt counts every step
         self.backend.close_session(peer_id, session_id)
         fields: dict[str, Any] = {}
         if self.verifier is not None:
