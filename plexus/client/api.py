@@ -125,8 +125,13 @@ class AsyncClient:
                 return
             store = await trio.to_thread.run_sync(lambda: open_ledger(data))
             try:
-                async with LedgerGossip.open(node.host, store, check_fraud_proof) as gossip:
-                    auditor = Auditor(identity, swarm, store, publish=gossip.publish)
+                async with (
+                    LedgerGossip.open(node.host, store, check_fraud_proof) as gossip,
+                    trio.open_nursery() as background,  # closes after its receipts are kept
+                ):
+                    auditor = Auditor(
+                        identity, swarm, store, publish=gossip.publish, background=background
+                    )
                     yield cls(files, head, tokenizer, swarm, auditor, forwarding=forwarding)
             finally:
                 store.close()

@@ -33,7 +33,7 @@ from ledger import LedgerStore
 from ledger.audits import Audit, Outcome, sign_audit
 from ledger.errors import InvalidReceipt, LedgerError
 from ledger.fraud import SignedCommitment, SignedFraudProof, commitment_message
-from ledger.receipts import countersign, decode_receipt
+from ledger.receipts import SignedReceipt, countersign, decode_receipt
 from ledger.signing import verify as verify_signature
 from plexus.errors import NetworkError
 from plexus.identity import Identity, peer_id_of, public_key_of
@@ -151,6 +151,7 @@ class Auditor:
         network_id: str = NETWORK_ID,
         floor: float = 0.02,
         publish: Callable[[str, bytes], Awaitable[None]] | None = None,
+        background: trio.Nursery | None = None,
     ) -> None:
         self.identity = identity
         self.swarm = swarm
@@ -158,6 +159,7 @@ class Auditor:
         self.network_id = network_id
         self.floor = floor
         self.publish = publish  # (topic kind, bytes) -> gossip, when a gossip layer runs
+        self.background = background  # stores and gossips receipts off the critical path
         self.clean: dict[str, int] = {}
         self.caught_at: dict[str, float] = {}
         self.convicted: set[str] = set()
@@ -309,19 +311,28 @@ class Auditor:
         except InvalidReceipt as exc:
             log.warning("%s sent a receipt with a bad signature: %s", peer, exc)
             return {}
+        if self.background is not None:  # the next step need not wait for the disk
+            self.background.start_soon(self._keep, peer, signed)
+        elif not await self._keep(peer, signed):
+            return {}
+        return {"receipt_seq": receipt.seq, "client_sig": signed.client_signature.hex()}
+
+    async def _keep(self, peer: str, signed: SignedReceipt) -> bool:
+        """Store a countersigned receipt in this client's ledger and gossip it."""
         if self.ledger is not None:
             ledger = self.ledger
             try:
-                await trio.to_thread.run_sync(
-                    ledger.add_receipt, signed, limiter=self._ledger_limiter
-                )
+                with trio.CancelScope(shield=True):  # a started write always finishes
+                    await trio.to_thread.run_sync(
+                        ledger.add_receipt, signed, limiter=self._ledger_limiter
+                    )
             except LedgerError as exc:
                 log.warning("could not store %s's receipt: %s", peer, exc)
-                return {}
+                return False
         self.stats.receipts += 1
         if self.publish is not None:
             await self.publish("receipt", signed.encode())
-        return {"receipt_seq": receipt.seq, "client_sig": signed.client_signature.hex()}
+        return True
 
     # -- audits ---------------------------------------------------------------------------
     async def audit_hop(self, state: HopState) -> bool:

@@ -171,6 +171,7 @@ async def serve(opts: ServeOptions, announce_ready: Callable[[dict], None]) -> i
             emulated_delay=opts.emulate_latency[0], emulated_jitter=opts.emulate_latency[1]
         )
         async with ConnectionPool.open(identity, limits) as pool, trio.open_nursery() as nursery:
+            handlers.background = nursery
             handlers.forwarder = Forwarder(
                 identity.peer_id_str,
                 NETWORK_ID,

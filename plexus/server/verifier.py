@@ -291,8 +291,17 @@ class ServerVerifier:
                 self._closing.pop(next(iter(self._closing)))
         return fields
 
-    async def countersigned(self, peer_id: str, session_id: str, fields: dict[str, Any]) -> bool:
-        """Store the receipt the client countersigned (fields receipt_seq, client_sig)."""
+    async def countersigned(
+        self,
+        peer_id: str,
+        session_id: str,
+        fields: dict[str, Any],
+        background: trio.Nursery | None = None,
+    ) -> bool:
+        """Store the receipt the client countersigned (fields receipt_seq, client_sig).
+        With `background`, the signatures are checked now and the durable write runs in
+        a task of that nursery (a step need not wait for the disk); returns whether the
+        receipt is (or is being) stored."""
         if "client_sig" not in fields:
             return False
         book = self._books.get(session_id) or self._closing.get(session_id)
@@ -320,9 +329,19 @@ class ServerVerifier:
             del self._closing[session_id]
         if self.ledger is None:
             return False
+        if background is not None:
+            background.start_soon(self._store, signed)
+            return True
+        return await self._store(signed)
+
+    async def _store(self, signed: SignedReceipt) -> bool:
+        assert self.ledger is not None
         ledger = self.ledger
         try:
-            await trio.to_thread.run_sync(ledger.add_receipt, signed, limiter=self._ledger_limiter)
+            with trio.CancelScope(shield=True):  # a started write always finishes
+                await trio.to_thread.run_sync(
+                    ledger.add_receipt, signed, limiter=self._ledger_limiter
+                )
         except LedgerError as exc:
             self.receipts_refused += 1
             log.warning("could not store a receipt: %s", exc)
