@@ -1,11 +1,18 @@
 """Tokens/s of a session through 2 server processes vs single-process generate().
 
-    python benchmarks/distributed_throughput.py [--sizes 30M 300M] [--new-tokens 64] [--json]
+    python benchmarks/distributed_throughput.py [--sizes 30M 300M] [--new-tokens 64]
+        [--rounds 4] [--threads 1] [--json]
 
-For each Llama shape: writes random weights (cached under --dir), runs transformers'
-greedy generate() in this process, then starts a bootstrap peer and two `plexus serve`
-processes (half the blocks each) on 127.0.0.1 and generates the same tokens through
-them with the client library. Prints tokens/s of both and their ratio.
+For each Llama shape: writes random weights (cached under --dir), starts a bootstrap
+peer and two `plexus serve` processes (half the blocks each, `--threads` torch threads
+each) on 127.0.0.1, then alternates, `--rounds` times: transformers' greedy generate() in
+this process (with 1 and with 2 torch threads; the faster counts), and the same
+generation through the two servers with the client library, forwarding on (the default)
+and off, timed from the prefill to the last token as `Generation.tokens_per_s` reports
+it (opening and closing the session are not counted, as loading is not for generate()).
+Alternating keeps the comparison fair on a machine whose speed drifts between minutes.
+Prints tokens/s (best and median of the rounds) and the ratio of the bests, and checks
+that every distributed generation gave transformers' tokens.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -59,38 +67,63 @@ def model_folder(root: Path, size: str) -> Path:
     return folder
 
 
-def local_tokens_per_s(folder: Path, prompt: list[int], new_tokens: int) -> tuple[float, list]:
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    ids = torch.tensor([prompt])
-    kwargs = dict(do_sample=False, eos_token_id=None, pad_token_id=0)
-    model.generate(ids, max_new_tokens=4, min_new_tokens=4, **kwargs)  # warm-up
-    best = 0.0
-    tokens: list[int] = []
-    for _ in range(2):
+class Local:
+    """transformers' generate() in this process."""
+
+    def __init__(self, folder: Path, prompt: list[int], new_tokens: int) -> None:
+        self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        self.ids = torch.tensor([prompt])
+        self.new_tokens = new_tokens
+        self.kwargs = dict(do_sample=False, eos_token_id=None, pad_token_id=0)
+        self.tokens: list[int] = []
+        self.generate(4)  # warm-up
+
+    def generate(self, new_tokens: int) -> float:
         started = time.perf_counter()
-        out = model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **kwargs)
-        best = max(best, new_tokens / (time.perf_counter() - started))
-        tokens = out[0, len(prompt) :].tolist()
-    del model
-    return best, tokens
+        out = self.model.generate(
+            self.ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **self.kwargs
+        )
+        self.tokens = out[0, self.ids.shape[1] :].tolist()
+        return new_tokens / (time.perf_counter() - started)
+
+    def tokens_per_s(self) -> float:
+        """The faster of 1 and 2 torch threads (whichever suits this machine and size)."""
+        before = torch.get_num_threads()
+        best = 0.0
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            best = max(best, self.generate(self.new_tokens))
+        torch.set_num_threads(before)
+        return best
 
 
-async def swarm_tokens_per_s(
-    boot: str, folder: Path, data_dir: Path, prompt: list[int], new_tokens: int
-) -> tuple[float, list[int]]:
-    async with AsyncClient.connect(str(folder), initial_peers=[boot], data_dir=data_dir) as c:
+async def swarm_runs(
+    boot: str,
+    folder: Path,
+    data_dir: Path,
+    prompt: list[int],
+    new_tokens: int,
+    local: Local,
+    rounds: int,
+) -> dict[str, list[float]]:
+    speeds: dict[str, list[float]] = {"local": [], "forwarding": [], "relay": []}
+    async with AsyncClient.connect(str(folder), initial_peers=[boot], data_dir=data_dir) as client:
         with trio.fail_after(60):
-            while len(await c.swarm.node.find_servers(c.swarm.model_id)) < 2:
+            while len(await client.swarm.node.find_servers(client.swarm.model_id)) < 2:
                 await trio.sleep(0.5)
-        await c.swarm.refresh(force=True)
-        await c.generate_ids(prompt, max_new_tokens=4, eos=False)  # warm-up
-        best, tokens = 0.0, []
-        for _ in range(2):
-            started = time.perf_counter()
-            result = await c.generate_ids(prompt, max_new_tokens=new_tokens, eos=False)
-            best = max(best, new_tokens / (time.perf_counter() - started))
-            tokens = result.token_ids
-        return best, tokens
+        await client.swarm.refresh(force=True)
+        await client.generate_ids(prompt, max_new_tokens=4, eos=False)  # warm-up
+        for _ in range(rounds):
+            speeds["local"].append(local.tokens_per_s())
+            for mode in ("forwarding", "relay"):
+                client.forwarding = mode == "forwarding"
+                result = await client.generate_ids(prompt, max_new_tokens=new_tokens, eos=False)
+                # The session's own speed: prefill and decoding, as for generate() (opening
+                # the route and closing it with its receipts are not counted).
+                speeds[mode].append(result.tokens_per_s)
+                if result.token_ids != local.tokens:
+                    raise SystemExit(f"{mode}: tokens differ from transformers' generate()")
+    return speeds
 
 
 def main() -> int:
@@ -98,54 +131,63 @@ def main() -> int:
     parser.add_argument("--sizes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--prompt-tokens", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per server")
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "plexus-bench")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    results = []
+    torch.set_num_threads(args.threads)  # the client's head
     for size in args.sizes:
         folder = model_folder(args.dir, size)
         prompt = torch.randint(
             1, 1000, (args.prompt_tokens,), generator=torch.Generator().manual_seed(1)
         ).tolist()
-        local, expected = local_tokens_per_s(folder, prompt, args.new_tokens)
-        n = AutoModelForCausalLM.from_pretrained(folder).config.num_hidden_layers
+        local = Local(folder, prompt, args.new_tokens)
+        n = local.model.config.num_hidden_layers
+        params = sum(p.numel() for p in local.model.parameters())
         with LocalSwarm(args.dir / f"swarm-{size}-{os.getpid()}") as swarm:
             swarm.start_bootstrap()
             for span in (f"0-{n // 2 - 1}", f"{n // 2}-{n - 1}"):
-                swarm.start_server(str(folder), span, "--no-rebalance", "--dtype", "fp32")
-            distributed, got = trio.run(
-                swarm_tokens_per_s,
+                swarm.start_server(
+                    str(folder), span, "--no-rebalance", "--dtype", "fp32",
+                    "--threads", str(args.threads),
+                )  # fmt: skip
+            speeds = trio.run(
+                swarm_runs,
                 swarm.initial_peers[0],
                 folder,
                 args.dir / "client",
                 prompt,
                 args.new_tokens,
+                local,
+                args.rounds,
             )
-        results.append(
-            {
-                "model": f"llama-{size}",
-                "parameters_m": round(
-                    sum(
-                        p.numel() for p in AutoModelForCausalLM.from_pretrained(folder).parameters()
-                    )
-                    / 1e6,
-                    1,
-                ),
-                "local_tokens_per_s": round(local, 2),
-                "distributed_tokens_per_s": round(distributed, 2),
-                "ratio": round(distributed / local, 3),
-                "same_tokens": got == expected,
-                "threads": torch.get_num_threads(),
-            }
-        )
-        print(
-            json.dumps(results[-1])
-            if args.json
-            else "{model}: {parameters_m}M params, local {local_tokens_per_s} tok/s, "
-            "2 servers {distributed_tokens_per_s} tok/s, ratio {ratio}, same tokens: "
-            "{same_tokens}".format(**results[-1]),
-            flush=True,
-        )
+        best = {mode: max(v) for mode, v in speeds.items()}
+        print({m: [round(x, 1) for x in v] for m, v in speeds.items()}, file=sys.stderr)  # rounds
+        report = {
+            "model": f"llama-{size}",
+            "parameters_m": round(params / 1e6, 1),
+            "rounds": args.rounds,
+            "server_threads": args.threads,
+            **{f"{mode}_tokens_per_s": round(best[mode], 2) for mode in best},
+            **{f"{mode}_median": round(statistics.median(v), 2) for mode, v in speeds.items()},
+            "ratio": round(best["forwarding"] / best["local"], 3),
+            "ratio_relay": round(best["relay"] / best["local"], 3),
+            "ratio_of_medians": round(
+                statistics.median(speeds["forwarding"]) / statistics.median(speeds["local"]), 3
+            ),
+            "same_tokens": True,
+        }
+        if args.json:
+            print(json.dumps(report), flush=True)
+        else:
+            print(
+                "{model}: {parameters_m}M params, local {local_tokens_per_s} tok/s, 2 servers "
+                "{forwarding_tokens_per_s} tok/s forwarding ({relay_tokens_per_s} relaying), "
+                "ratio {ratio} (relay {ratio_relay}); same tokens".format(**report),
+                flush=True,
+            )
+        del local
     return 0
 
 

@@ -73,6 +73,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="weights and compute dtype (default: bf16 on CUDA, fp32 on CPU)",
     )
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU threads torch may use for this server's compute (default: torch's, one "
+        "per core); with several servers on one machine, give each a share of the cores",
+    )
+    parser.add_argument(
         "--max-sessions", type=int, default=64, help="concurrent inference sessions (default 64)"
     )
     parser.add_argument(
@@ -138,6 +146,12 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
     if args.announce_period <= 0:
         raise ConfigError("--announce-period must be positive")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError("--threads must be at least 1")
+        import torch
+
+        torch.set_num_threads(args.threads)
     opts = ServeOptions(
         model=args.model,
         data_dir=data_dir,
