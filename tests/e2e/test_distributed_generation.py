@@ -74,6 +74,10 @@ def test_two_and_three_servers_equal_generate(
     expected = reference(folder, prompt, NEW_TOKENS)
     assert len(set(expected)) > 2
     boot = local_swarm.initial_peers[0]
+    # Servers publish round trips to the servers holding the blocks after theirs.
+    pairs = [(two_ids[0], two_ids[1]), (three_ids[1], three_ids[2])]
+    rtts = trio.run(published_rtts, boot, folder, tmp_path / "c", pairs)
+    assert all(0 < rtt < 1000 for rtt in rtts)
     for use, avoid in ((two_ids, three_ids), (three_ids, two_ids)):
         for forwarding in (True, False):
             tokens, route, legs = trio.run(
@@ -83,22 +87,23 @@ def test_two_and_three_servers_equal_generate(
             assert tokens == expected, f"forwarding={forwarding}, {len(use)} servers"
             # one leg between each pair of servers per step (prefill + NEW_TOKENS - 1)
             assert legs == ((len(use) - 1) * NEW_TOKENS if forwarding else 0)
-    # Servers publish round trips to the servers holding the blocks after theirs.
-    for first, second in ((two_ids[0], two_ids[1]), (three_ids[1], three_ids[2])):
-        rtt = trio.run(published_rtt, boot, folder, tmp_path / "c", first, second)
-        assert 0 < rtt < 1000
 
 
-async def published_rtt(boot: str, folder: Path, data_dir: Path, peer: str, to: str) -> float:
-    """The round trip (ms) `peer` publishes to `to` in its record (waits up to 30 s)."""
+async def published_rtts(
+    boot: str, folder: Path, data_dir: Path, pairs: list[tuple[str, str]]
+) -> list[float]:
+    """The round trips (ms) each first server publishes to the second (waits up to 30 s)."""
     async with AsyncClient.connect(str(folder), initial_peers=[boot], data_dir=data_dir) as c:
+        found: dict[tuple[str, str], float] = {}
         with trio.fail_after(30):
-            while True:
+            while len(found) < len(pairs):
                 records = {r.peer_id: r for r in await c.swarm.node.find_servers(c.swarm.model_id)}
-                rtts = (records[peer].extra or {}).get("next_rtt_ms", {}) if peer in records else {}
-                if to in rtts:
-                    return float(rtts[to])
+                for peer, to in pairs:
+                    extra = (records[peer].extra or {}) if peer in records else {}
+                    if to in extra.get("next_rtt_ms", {}):
+                        found[(peer, to)] = float(extra["next_rtt_ms"][to])
                 await trio.sleep(0.5)
+        return [found[pair] for pair in pairs]
 
 
 def _victim(route: list[dict], servers: list[PeerProcess], block: int) -> PeerProcess:
