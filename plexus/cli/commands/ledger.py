@@ -1,4 +1,4 @@
-"""`plexus ledger`: check a ledger database and show the balances it implies."""
+"""`plexus ledger`: check a ledger database; show balances, receipts and reputations."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ LEDGER_FILE_NAME = "ledger.sqlite"
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "ledger",
-        help="verify the ledger of receipts and show balances",
+        help="verify the ledger; show balances, receipts and reputations",
         description="Inspect this peer's ledger: signed receipts of work, fraud proofs and "
         "audit verdicts, and the balances computed from them (docs/ledger.md).",
     )
@@ -48,6 +48,59 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     balances.set_defaults(func=run_balances)
 
+    balance = actions.add_parser(
+        "balance",
+        help="one peer's credits earned, spent and balance",
+        description="The account of one peer (default: this peer, from its identity key) "
+        "in credits, computed from the stored receipts and fraud proofs. A peer the ledger "
+        "has never seen has an empty account.",
+    )
+    _add_ledger_options(balance)
+    balance.add_argument(
+        "peer",
+        nargs="?",
+        default=None,
+        metavar="PEER",
+        help="a peer id (12D3KooW...) or a 64-hex-digit public key (default: this peer)",
+    )
+    _add_identity_option(balance)
+    balance.set_defaults(func=run_balance)
+
+    receipts = actions.add_parser(
+        "receipts",
+        help="list the stored receipts",
+        description="The stored doubly signed receipts, newest first: server, client, model, "
+        "blocks, session, seq, tokens and the cumulative amount in credits.",
+    )
+    _add_ledger_options(receipts)
+    receipts.add_argument(
+        "--peer",
+        default=None,
+        metavar="PEER",
+        help="only receipts where this peer (peer id or public key hex) is server or client",
+    )
+    receipts.add_argument(
+        "--limit", type=int, default=None, metavar="N", help="at most N receipts (newest)"
+    )
+    receipts.set_defaults(func=run_receipts)
+
+    reputation = actions.add_parser(
+        "reputation",
+        help="every server's reputation from stored audits and fraud proofs",
+        description="Reputation per server (0..1: slow to earn, quick to lose; 0 and banned "
+        "after a fraud proof), from the stored audit verdicts. By default only verdicts this "
+        "peer signed count (as its client does when it routes); --all-auditors counts every "
+        "stored verdict.",
+    )
+    _add_ledger_options(reputation)
+    _add_identity_option(reputation)
+    reputation.add_argument(
+        "--all-auditors",
+        action="store_true",
+        help="count the verdicts of every auditor, not only this peer's",
+    )
+    reputation.set_defaults(func=run_reputation)
+
 
 def _add_ledger_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -58,6 +111,16 @@ def _add_ledger_options(parser: argparse.ArgumentParser) -> None:
         f"(default: sqlite under --data-dir, <data-dir>/{LEDGER_FILE_NAME})",
     )
     options.add_common(parser, network=False, reporting=True)
+
+
+def _add_identity_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--identity",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="this peer's key file (default DATA_DIR/identity.key)",
+    )
 
 
 def ledger_url(args: argparse.Namespace) -> str:
@@ -157,6 +220,171 @@ def run_balances(args: argparse.Namespace) -> int:
             print(
                 f"{row['peer_id']:<54} {row['earned']:>14.3f} {row['spent']:>14.3f} "
                 f"{row['balance']:>14.3f}"
+            )
+        return 0
+
+    return _with_store(args, body)
+
+
+def _parse_peer(text: str) -> bytes:
+    """A peer id or a 64-hex public key -> raw public key (ConfigError otherwise)."""
+    from plexus.errors import ConfigError
+    from plexus.identity import public_key_of
+
+    if len(text) == 64:
+        try:
+            return bytes.fromhex(text)
+        except ValueError:
+            pass
+    try:
+        return public_key_of(text)
+    except ValueError:
+        raise ConfigError(
+            f"{text!r} is neither a peer id (12D3KooW...) nor a 64-hex-digit public key"
+        ) from None
+
+
+def _own_key(args: argparse.Namespace) -> bytes | None:
+    """This peer's public key, if its identity file exists (never creates one)."""
+    from plexus.identity import Identity
+
+    path = args.identity or Path(options.data_dir(args)) / "identity.key"
+    if not Path(path).exists():
+        return None
+    return Identity.load_or_create(Path(path)).public_key_bytes
+
+
+def _account_row(key: bytes, account) -> dict:  # type: ignore[no-untyped-def]
+    from ledger.units import credits
+
+    return {
+        "key": key.hex(),
+        "peer_id": _key_name(key),
+        "earned": credits(account.earned),
+        "spent": credits(account.spent),
+        "balance": credits(account.balance),
+        "unpaid": credits(account.unpaid),
+        "forfeited": credits(account.forfeited),
+    }
+
+
+def run_balance(args: argparse.Namespace) -> int:
+    from ledger.balances import Account
+
+    if args.peer is not None:
+        key = _parse_peer(args.peer)
+    else:
+        own = _own_key(args)
+        if own is None:
+            return _fail(args, "no PEER given and this peer has no identity key yet")
+        key = own
+
+    def body(store) -> int:  # type: ignore[no-untyped-def]
+        row = _account_row(key, store.balances().get(key, Account()))
+        if args.json:
+            options.emit_json({"network_id": store.network_id, "unit": "credits", **row})
+        else:
+            print(f"{row['peer_id']}")
+            for name in ("earned", "spent", "balance", "unpaid", "forfeited"):
+                print(f"{name:>10}: {row[name]:.3f} credits")
+        return 0
+
+    return _with_store(args, body)
+
+
+def _short(text: str, n: int = 12) -> str:
+    return text if len(text) <= n + 3 else text[:n] + "..."
+
+
+def run_receipts(args: argparse.Namespace) -> int:
+    from ledger.units import credits
+
+    peer = _parse_peer(args.peer) if args.peer else None
+    if args.limit is not None and args.limit < 0:
+        from plexus.errors import ConfigError
+
+        raise ConfigError("--limit must be at least 0")
+
+    def body(store) -> int:  # type: ignore[no-untyped-def]
+        rows = []
+        for signed in store.iter_receipts():
+            r = signed.receipt
+            if peer is not None and peer not in (r.server_key, r.client_key):
+                continue
+            rows.append(
+                {
+                    "id": signed.receipt_id.hex(),
+                    "server": _key_name(r.server_key),
+                    "client": _key_name(r.client_key),
+                    "model_id": r.model_id,
+                    "block_start": r.block_start,
+                    "block_end": r.block_end,
+                    "session_id": r.session_id.hex(),
+                    "seq": r.seq,
+                    "prompt_tokens": r.prompt_tokens,
+                    "generated_tokens": r.generated_tokens,
+                    "amount": credits(r.amount),
+                    "epoch": r.epoch,
+                }
+            )
+        rows.sort(key=lambda row: (-row["epoch"], row["id"]))
+        if args.limit is not None:
+            rows = rows[: args.limit]
+        if args.json:
+            options.emit_json({"network_id": store.network_id, "unit": "credits", "receipts": rows})
+            return 0
+        print(
+            f"{'server':<16} {'client':<16} {'model':<16} {'blocks':>7} {'session':<13} "
+            f"{'seq':>4} {'tokens':>7} {'credits':>12}"
+        )
+        for row in rows:
+            blocks = f"{row['block_start']}-{row['block_end']}"
+            tokens = row["prompt_tokens"] + row["generated_tokens"]
+            print(
+                f"{_short(row['server']):<16} {_short(row['client']):<16} "
+                f"{_short(row['model_id']):<16} {blocks:>7} {_short(row['session_id'], 10):<13} "
+                f"{row['seq']:>4} {tokens:>7} {row['amount']:>12.3f}"
+            )
+        print(f"{len(rows)} receipt(s)")
+        return 0
+
+    return _with_store(args, body)
+
+
+def run_reputation(args: argparse.Namespace) -> int:
+    own = None if args.all_auditors else _own_key(args)
+    trusted = [own] if own is not None else None
+
+    def body(store) -> int:  # type: ignore[no-untyped-def]
+        book = store.reputation_book(trusted_auditors=trusted)
+        rows = []
+        for key in book.servers():
+            rep = book.reputation(key)
+            rows.append(
+                {
+                    "key": key.hex(),
+                    "peer_id": _key_name(key),
+                    "score": round(rep.score, 6),
+                    "passes": rep.passes,
+                    "fails": rep.fails,
+                    "consecutive_valid": rep.consecutive_valid,
+                    "banned": rep.banned,
+                }
+            )
+        rows.sort(key=lambda row: (-row["score"], row["key"]))
+        auditors = "every auditor" if trusted is None else "this peer's own audits"
+        if args.json:
+            options.emit_json(
+                {"network_id": store.network_id, "counted": auditors, "servers": rows}
+            )
+            return 0
+        print(f"reputation from {auditors}")
+        print(f"{'server':<54} {'score':>7} {'passes':>7} {'fails':>6}  status")
+        for row in rows:
+            status = "BANNED (fraud proof)" if row["banned"] else ""
+            print(
+                f"{row['peer_id']:<54} {row['score']:>7.3f} {row['passes']:>7} "
+                f"{row['fails']:>6}  {status}"
             )
         return 0
 
