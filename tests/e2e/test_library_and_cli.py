@@ -103,3 +103,13 @@ def test_demo_runs_a_swarm_and_survives_a_kill(tmp_path: Path) -> None:
     assert report["runs"][1]["failovers"] >= 1
     assert report["runs"][0]["token_ids"] == report["runs"][1]["token_ids"]
     assert len(report["servers"]) == 4
+    # Hops were audited on the other server of their blocks (after the kill, blocks 4-7
+    # have no second server left: that audit is unavailable); every session left receipts.
+    audits, receipts = report["audits"], report["receipts"]
+    assert audits["audits"] >= 2 and audits["failed"] == 0
+    assert audits["passed"] == audits["audits"]
+    servers_used = {h["peer_id"] for r in report["runs"] for h in r["route"]}
+    assert set(receipts["credits_by_server"]) == servers_used
+    assert receipts["count"] >= len(servers_used)
+    assert all(v > 0 for v in receipts["credits_by_server"].values())
+    assert receipts["client_balance"] == pytest.approx(-sum(receipts["credits_by_server"].values()))

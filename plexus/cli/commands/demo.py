@@ -14,7 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 from plexus.cli import options
 
-SPANS = ["0-2", "3-5", "6-7", "3-5"]  # the second 3-5 server is there for failover
+# Two servers for each half: any one can die, and every hop can be audited by the other.
+SPANS = ["0-3", "4-7", "0-3", "4-7"]
+VICTIM_BLOCK = 4  # the server in use for this block is killed mid-generation
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,11 +24,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "demo",
         help="run a swarm on this machine and generate through it (offline)",
         description="Create plexus-tiny (a random-weight 8-block Llama test model), start a "
-        "bootstrap peer and four block servers (blocks 0-2, 3-5, 6-7 and a spare 3-5) as "
-        "separate processes on 127.0.0.1, generate through the swarm, then kill the server "
-        "in use for blocks 3-5 mid-generation. Both generations must give exactly the token "
-        "ids of transformers' generate() on the whole model. The tiny model's weights are "
-        "random, so its text is noise: what matters is that the tokens match.",
+        "bootstrap peer and four block servers (two for blocks 0-3, two for blocks 4-7) as "
+        "separate processes on 127.0.0.1, generate through the swarm (the servers pass "
+        "hidden states to each other), then kill the server in use for blocks 4-7 "
+        "mid-generation. Both generations must give exactly the token ids of "
+        "transformers' generate() on the whole model. Then print the audits the client ran "
+        "(each server re-checked on the other server of its blocks) and the receipts both "
+        "sides signed. The tiny model's weights are random, so its text is noise: what "
+        "matters is that the tokens match.",
     )
     parser.add_argument("--prompt", default="Hello, Plexus!", help="user message to answer")
     parser.add_argument(
@@ -112,7 +117,7 @@ def _run_local(args: argparse.Namespace, files) -> dict:  # type: ignore[no-unty
 
     tokenizer = AutoTokenizer.from_pretrained(files.folder)
     ids = _prompt_ids(tokenizer, args.prompt)
-    spans = [tuple(int(x) for x in s.split("-")) for s in SPANS[:3]]
+    spans = [tuple(int(x) for x in s.split("-")) for s in SPANS[:2]]
     chain = LocalChain(
         load_head(files, progress=False), [load_span(files, a, b, progress=False) for a, b in spans]
     )
@@ -123,7 +128,7 @@ def _run_local(args: argparse.Namespace, files) -> dict:  # type: ignore[no-unty
         tokens = tokens[: tokens.index(eos)]
     expected = reference_tokens(files.folder, ids, args.max_new_tokens, eos)
     text = tokenizer.decode(tokens, skip_special_tokens=True)
-    _say(args, f"spans {', '.join(SPANS[:3])} in this process: {_printable(text)!r}")
+    _say(args, f"spans {', '.join(SPANS[:2])} in this process: {_printable(text)!r}")
     return {
         "mode": "local",
         "runs": [{"token_ids": tokens, "text": text, "matches_transformers": tokens == expected}],
@@ -197,7 +202,8 @@ async def _generate(args, files, data_dir, swarm, servers) -> dict:  # type: ign
             nonlocal count
             count += 1
             if count == max(1, args.max_new_tokens // 3) and not victim:
-                hop = next(h for h in client.swarm_route() if h["start"] <= 3 <= h["end"])
+                route = client.swarm_route()
+                hop = next(h for h in route if h["start"] <= VICTIM_BLOCK <= h["end"])
                 victim.append(by_peer[hop["peer_id"]])
                 victim[0].signal(signal.SIGKILL)
                 _say(
@@ -212,11 +218,70 @@ async def _generate(args, files, data_dir, swarm, servers) -> dict:  # type: ign
         )
         _say(args, _describe("failover", result, expected))
         report["runs"].append(_run_report("failover", result, expected))
+        report.update(await _accounts(client, servers))
+        _say(args, _describe_accounts(report))
         return report
 
 
+async def _accounts(client, servers) -> dict:  # type: ignore[no-untyped-def]
+    """The client's audits and the receipts it holds from this demo's servers."""
+    import trio
+
+    from ledger.units import credits
+    from plexus.identity import public_key_of
+
+    auditor = client.auditor
+    if auditor is None or auditor.ledger is None:
+        return {}
+    stats = auditor.stats
+    audits = {
+        name: getattr(stats, name)
+        for name in ("audits", "passed", "failed", "convictions", "skipped", "unavailable")
+    }
+    names = {public_key_of(s.peer_id): s.peer_id for s in servers}
+    me = client.swarm.pool.identity.public_key_bytes
+    store = auditor.ledger
+
+    def read() -> tuple[int, dict[str, float], float]:
+        count, latest = 0, {}
+        for signed in store.iter_receipts():
+            r = signed.receipt
+            if r.server_key in names and r.client_key == me:
+                count += 1
+                stream = (r.server_key, r.session_id, r.block_start, r.block_end)
+                latest[stream] = max(latest.get(stream, 0), r.amount)  # amounts are cumulative
+        paid: dict[str, float] = {}
+        for (server, *_), amount in latest.items():
+            paid[names[server]] = paid.get(names[server], 0.0) + credits(amount)
+        balance = store.balances().get(me)
+        return count, paid, credits(balance.balance) if balance else 0.0
+
+    count, paid, balance = await trio.to_thread.run_sync(read)
+    return {
+        "audits": audits,
+        "receipts": {"count": count, "credits_by_server": paid, "client_balance": balance},
+    }
+
+
+def _describe_accounts(report: dict) -> str:
+    if "audits" not in report:
+        return "verification is off: no audits, no receipts"
+    a, r = report["audits"], report["receipts"]
+    lines = [
+        f"audits: {a['audits']} (a hop's steps re-run on the other server of its blocks): "
+        f"{a['passed']} passed, {a['failed']} failed, {a['convictions']} convictions; "
+        f"{a['skipped']} hop(s) not drawn for audit",
+        f"receipts: {r['count']} signed by server and client; the client paid "
+        f"{sum(r['credits_by_server'].values()):.3f} credits (balance "
+        f"{r['client_balance']:.3f}):",
+    ]
+    for peer, amount in sorted(r["credits_by_server"].items()):
+        lines.append(f"  server {peer[-8:]} earned {amount:.3f} credits")
+    return "\n".join(lines)
+
+
 def _describe(label: str, result, expected: list[int]) -> str:  # type: ignore[no-untyped-def]
-    route = " -> ".join(f"[{h['start']}-{h['end']}]" for h in result.route)
+    route = " -> ".join(f"[{h['start']}-{h['end']}] {str(h['peer_id'])[-8:]}" for h in result.route)
     same = "same tokens as transformers" if result.token_ids == expected else "TOKENS DIFFER"
     return (
         f"{label}: {len(result.token_ids)} tokens at {result.tokens_per_s:.1f} tokens/s "
