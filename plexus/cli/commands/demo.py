@@ -272,8 +272,8 @@ def _describe_accounts(report: dict) -> str:
         f"{a['passed']} passed, {a['failed']} failed, {a['convictions']} convictions; "
         f"{a['skipped']} hop(s) not drawn for audit",
         f"receipts: {r['count']} signed by server and client; the client paid "
-        f"{sum(r['credits_by_server'].values()):.3f} credits (balance "
-        f"{r['client_balance']:.3f}):",
+        f"{sum(r['credits_by_server'].values()):.3f} credits (its balance over every "
+        f"session in its ledger: {r['client_balance']:.3f}):",
     ]
     for peer, amount in sorted(r["credits_by_server"].items()):
         lines.append(f"  server {peer[-8:]} earned {amount:.3f} credits")
