@@ -2,7 +2,9 @@
 
 Starts a bootstrap peer and block servers for the embedded tiny model as separate
 processes on 127.0.0.1, generates through them, then SIGKILLs a server mid-generation
-to show failover, and checks every token against transformers' own generate().
+to show failover, and checks every token against transformers' own generate(). Then it
+prints the client's audit results and the receipts its ledger holds from the demo's
+servers (read once the client has closed, so every session's final receipt is stored).
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "hidden states to each other), then kill the server in use for blocks 4-7 "
         "mid-generation. Both generations must give exactly the token ids of "
         "transformers' generate() on the whole model. Then print the audits the client ran "
-        "(each server re-checked on the other server of its blocks) and the receipts both "
-        "sides signed. The tiny model's weights are random, so its text is noise: what "
-        "matters is that the tokens match.",
+        "(each hop re-run on the other server of its blocks; after the kill, blocks 4-7 have "
+        "no other server left, so that one audit is unavailable), the receipts signed by "
+        "both sides with the credits each server earned, and the client's balance (also in "
+        "--json: audits, receipts). The tiny model's weights are random, so its text is "
+        "noise: what matters is that the tokens match.",
     )
     parser.add_argument("--prompt", default="Hello, Plexus!", help="user message to answer")
     parser.add_argument(
@@ -168,8 +172,6 @@ def _run_swarm(args: argparse.Namespace, files, data_dir) -> dict:  # type: igno
 
 
 async def _generate(args, files, data_dir, swarm, servers) -> dict:  # type: ignore[no-untyped-def]
-    import signal
-
     import trio
 
     from plexus.client import AsyncClient
@@ -178,59 +180,70 @@ async def _generate(args, files, data_dir, swarm, servers) -> dict:  # type: ign
     async with AsyncClient.connect(
         "plexus-tiny", initial_peers=swarm.initial_peers, data_dir=data_dir
     ) as client:
-        ids = _prompt_ids(client.tokenizer, args.prompt)
-        eos = files.config.eos_token_id
-        expected = await trio.to_thread.run_sync(
-            lambda: reference_tokens(files.folder, ids, args.max_new_tokens, eos)
-        )
-        messages = [{"role": "user", "content": args.prompt}]
-        # Every announcement must be visible before the first route is planned.
-        with trio.move_on_after(30):
-            while len(await client.swarm.node.find_servers(client.swarm.model_id)) < len(servers):
-                await trio.sleep(0.5)
-        result = await client.generate(messages=messages, max_new_tokens=args.max_new_tokens)
-        _say(args, _describe("swarm", result, expected))
-        report["runs"].append(_run_report("swarm", result, expected))
-        if args.no_failover:
-            return report
-
-        by_peer = {s.peer_id: s for s in servers}
-        victim: list = []
-        count = 0
-
-        def on_token(_token: int) -> None:
-            nonlocal count
-            count += 1
-            if count == max(1, args.max_new_tokens // 3) and not victim:
-                route = client.swarm_route()
-                hop = next(h for h in route if h["start"] <= VICTIM_BLOCK <= h["end"])
-                victim.append(by_peer[hop["peer_id"]])
-                victim[0].signal(signal.SIGKILL)
-                _say(
-                    args,
-                    f"  SIGKILLed {hop['peer_id'][-8:]} (blocks {hop['start']}-"
-                    f"{hop['end']}) after {count} tokens",
-                )
-
-        _say(args, "generating again, killing a server midway ...")
-        result = await client.generate(
-            messages=messages, max_new_tokens=args.max_new_tokens, on_token=on_token
-        )
-        _say(args, _describe("failover", result, expected))
-        report["runs"].append(_run_report("failover", result, expected))
-        report.update(await _accounts(client, servers))
-        _say(args, _describe_accounts(report))
-        return report
+        await _generations(args, files, client, servers, report)
+        auditor = client.auditor
+    # The client has closed: its sessions are closed and every receipt they left is stored
+    # (receipts are written in the background; the client waits for them when it closes).
+    report.update(await trio.to_thread.run_sync(_accounts, auditor, servers))
+    _say(args, _describe_accounts(report))
+    return report
 
 
-async def _accounts(client, servers) -> dict:  # type: ignore[no-untyped-def]
-    """The client's audits and the receipts it holds from this demo's servers."""
+async def _generations(args, files, client, servers, report: dict) -> None:  # type: ignore[no-untyped-def]
+    """The plain generation, then (unless --no-failover) one that loses a server midway."""
+    import signal
+
     import trio
 
+    ids = _prompt_ids(client.tokenizer, args.prompt)
+    eos = files.config.eos_token_id
+    expected = await trio.to_thread.run_sync(
+        lambda: reference_tokens(files.folder, ids, args.max_new_tokens, eos)
+    )
+    messages = [{"role": "user", "content": args.prompt}]
+    # Every announcement must be visible before the first route is planned.
+    with trio.move_on_after(30):
+        while len(await client.swarm.node.find_servers(client.swarm.model_id)) < len(servers):
+            await trio.sleep(0.5)
+    result = await client.generate(messages=messages, max_new_tokens=args.max_new_tokens)
+    _say(args, _describe("swarm", result, expected))
+    report["runs"].append(_run_report("swarm", result, expected))
+    if args.no_failover:
+        return
+
+    by_peer = {s.peer_id: s for s in servers}
+    victim: list = []
+    count = 0
+
+    def on_token(_token: int) -> None:
+        nonlocal count
+        count += 1
+        if count == max(1, args.max_new_tokens // 3) and not victim:
+            route = client.swarm_route()
+            hop = next(h for h in route if h["start"] <= VICTIM_BLOCK <= h["end"])
+            victim.append(by_peer[hop["peer_id"]])
+            victim[0].signal(signal.SIGKILL)
+            _say(
+                args,
+                f"  SIGKILLed {hop['peer_id'][-8:]} (blocks {hop['start']}-"
+                f"{hop['end']}) after {count} tokens",
+            )
+
+    _say(args, "generating again, killing a server midway ...")
+    result = await client.generate(
+        messages=messages, max_new_tokens=args.max_new_tokens, on_token=on_token
+    )
+    _say(args, _describe("failover", result, expected))
+    report["runs"].append(_run_report("failover", result, expected))
+
+
+def _accounts(auditor, servers) -> dict:  # type: ignore[no-untyped-def]
+    """The client's audit results and the receipts its ledger holds from this demo's
+    servers: how many, and what each server was paid (the ledger's own balance rules)."""
+    from ledger.store import LedgerStore
     from ledger.units import credits
     from plexus.identity import public_key_of
 
-    auditor = client.auditor
     if auditor is None or auditor.ledger is None:
         return {}
     stats = auditor.stats
@@ -239,27 +252,30 @@ async def _accounts(client, servers) -> dict:  # type: ignore[no-untyped-def]
         for name in ("audits", "passed", "failed", "convictions", "skipped", "unavailable")
     }
     names = {public_key_of(s.peer_id): s.peer_id for s in servers}
-    me = client.swarm.pool.identity.public_key_bytes
-    store = auditor.ledger
-
-    def read() -> tuple[int, dict[str, float], float]:
-        count, latest = 0, {}
-        for signed in store.iter_receipts():
+    me = auditor.identity.public_key_bytes
+    # The same database as auditor.ledger, which the client closed on its way out.
+    with LedgerStore(auditor.ledger.url, create=False) as store:
+        counts: dict[str, int] = {}
+        for signed in store.iter_receipts():  # every stored receipt has both signatures
             r = signed.receipt
             if r.server_key in names and r.client_key == me:
-                count += 1
-                stream = (r.server_key, r.session_id, r.block_start, r.block_end)
-                latest[stream] = max(latest.get(stream, 0), r.amount)  # amounts are cumulative
-        paid: dict[str, float] = {}
-        for (server, *_), amount in latest.items():
-            paid[names[server]] = paid.get(names[server], 0.0) + credits(amount)
-        balance = store.balances().get(me)
-        return count, paid, credits(balance.balance) if balance else 0.0
-
-    count, paid, balance = await trio.to_thread.run_sync(read)
+                counts[names[r.server_key]] = counts.get(names[r.server_key], 0) + 1
+        accounts = store.balances()
+    paid = {
+        peer: credits(accounts[key].earned) if key in accounts else 0.0
+        for key, peer in names.items()
+        if peer in counts
+    }
+    mine = accounts.get(me)
     return {
         "audits": audits,
-        "receipts": {"count": count, "credits_by_server": paid, "client_balance": balance},
+        "receipts": {
+            "count": sum(counts.values()),
+            "count_by_server": counts,
+            "credits_by_server": paid,
+            "client_peer_id": auditor.identity.peer_id_str,
+            "client_balance": credits(mine.balance) if mine else 0.0,
+        },
     }
 
 
@@ -268,15 +284,19 @@ def _describe_accounts(report: dict) -> str:
         return "verification is off: no audits, no receipts"
     a, r = report["audits"], report["receipts"]
     lines = [
-        f"audits: {a['audits']} (a hop's steps re-run on the other server of its blocks): "
-        f"{a['passed']} passed, {a['failed']} failed, {a['convictions']} convictions; "
-        f"{a['skipped']} hop(s) not drawn for audit",
+        f"audits: {a['audits']} (a hop's steps re-run on another server of its blocks): "
+        f"{a['passed']} passed, {a['failed']} failed, {a['convictions']} conviction(s); "
+        f"{a['skipped']} hop(s) not drawn for audit, {a['unavailable']} with no other "
+        "server left to audit them",
         f"receipts: {r['count']} signed by server and client; the client paid "
         f"{sum(r['credits_by_server'].values()):.3f} credits (its balance over every "
         f"session in its ledger: {r['client_balance']:.3f}):",
     ]
     for peer, amount in sorted(r["credits_by_server"].items()):
-        lines.append(f"  server {peer[-8:]} earned {amount:.3f} credits")
+        lines.append(
+            f"  server {peer[-8:]}: {r['count_by_server'][peer]} receipt(s), "
+            f"earned {amount:.3f} credits"
+        )
     return "\n".join(lines)
 
 
