@@ -132,7 +132,11 @@ class AsyncClient:
                     auditor = Auditor(
                         identity, swarm, store, publish=gossip.publish, background=background
                     )
-                    yield cls(files, head, tokenizer, swarm, auditor, forwarding=forwarding)
+                    try:
+                        yield cls(files, head, tokenizer, swarm, auditor, forwarding=forwarding)
+                    finally:
+                        # Receipts still waiting to be gossiped go out before the mesh closes.
+                        background.start_soon(auditor.flush_gossip, True)
             finally:
                 store.close()
 

@@ -15,6 +15,10 @@
   makes `InferenceSession.audit` return False: the caller recomputes on other servers.
 * **Receipts.** Receipts piggybacked on step and close replies are checked, countersigned,
   stored in the client's ledger and the countersignature sent back on the next request.
+  Receipts are cumulative, so only the newest of each session is gossiped: when the
+  session closes, when a receipt arrives `GOSSIP_DELAY_S` after the oldest one waiting, or
+  when the client shuts down (`flush_gossip`). Gossip during generation would cost every
+  peer's CPU (pubsub signatures, a ledger write each) for nothing the last receipt lacks.
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ COMMITMENT_TAG = "commitment/v1"
 CAUGHT_REPUTATION = 0.25  # planner reputation of a server that recently failed an audit
 MAX_PROOF_ATTEMPTS = 3
 MAX_AUDITORS_TRIED = 2  # other servers asked in turn when an auditor does not answer
+GOSSIP_DELAY_S = 10.0  # longest a session's newest receipt waits before it is gossiped
 
 
 @dataclass
@@ -167,6 +172,9 @@ class Auditor:
         self.stats = AuditStats()
         self._rng = secrets.SystemRandom()
         self._ledger_limiter = trio.CapacityLimiter(1)
+        self._unsent: dict[tuple[bytes, bytes, bytes], SignedReceipt] = {}  # newest per session
+        self._unsent_since: float | None = None  # when the oldest unsent receipt was kept
+        self._gossip_at_once = False  # the client is shutting down
         if ledger is not None:
             self._load_reputation(ledger)
 
@@ -283,8 +291,11 @@ class Auditor:
             audit.hasher.update(x[:, :length], m[:, :length])
 
     # -- receipts -------------------------------------------------------------------------
-    async def take_receipt(self, state: HopState, fields: dict[str, Any]) -> dict[str, Any]:
-        """Countersign and store a piggybacked receipt; returns the fields to send back."""
+    async def take_receipt(
+        self, state: HopState, fields: dict[str, Any], final: bool = False
+    ) -> dict[str, Any]:
+        """Countersign and store a piggybacked receipt; returns the fields to send back.
+        `final`: the session's last receipt (from its close reply): gossip it now."""
         if "receipt" not in fields:
             return {}
         peer = state.hop.peer_id
@@ -312,13 +323,13 @@ class Auditor:
             log.warning("%s sent a receipt with a bad signature: %s", peer, exc)
             return {}
         if self.background is not None:  # the next step need not wait for the disk
-            self.background.start_soon(self._keep, peer, signed)
-        elif not await self._keep(peer, signed):
+            self.background.start_soon(self._keep, peer, signed, final)
+        elif not await self._keep(peer, signed, final):
             return {}
         return {"receipt_seq": receipt.seq, "client_sig": signed.client_signature.hex()}
 
-    async def _keep(self, peer: str, signed: SignedReceipt) -> bool:
-        """Store a countersigned receipt in this client's ledger and gossip it."""
+    async def _keep(self, peer: str, signed: SignedReceipt, final: bool = False) -> bool:
+        """Store a countersigned receipt in this client's ledger; gossip it in due course."""
         if self.ledger is not None:
             ledger = self.ledger
             try:
@@ -331,8 +342,34 @@ class Auditor:
                 return False
         self.stats.receipts += 1
         if self.publish is not None:
-            await self.publish("receipt", signed.encode())
+            stream = signed.receipt.stream
+            older = self._unsent.get(stream)
+            if older is None or older.receipt.seq < signed.receipt.seq:
+                self._unsent[stream] = signed
+            now = time.monotonic()
+            if self._unsent_since is None:
+                self._unsent_since = now
+            if final or self._gossip_at_once:
+                await self._gossip(stream)
+            since = self._unsent_since
+            if since is not None and now - since >= GOSSIP_DELAY_S:
+                await self.flush_gossip()
         return True
+
+    async def flush_gossip(self, closing: bool = False) -> None:
+        """Gossip every receipt still waiting (the newest of each session); `closing`:
+        from now on gossip each receipt as soon as it is stored."""
+        self._gossip_at_once = self._gossip_at_once or closing
+        self._unsent_since = None
+        for stream in list(self._unsent):
+            await self._gossip(stream)
+
+    async def _gossip(self, stream: tuple[bytes, bytes, bytes]) -> None:
+        signed = self._unsent.pop(stream, None)
+        if not self._unsent:
+            self._unsent_since = None
+        if signed is not None and self.publish is not None:
+            await self.publish("receipt", signed.encode())
 
     # -- audits ---------------------------------------------------------------------------
     async def audit_hop(self, state: HopState) -> bool:

@@ -346,7 +346,7 @@ class InferenceSession:
                 Message("close", {"session_id": state.session_id}), timeout=2.0
             )
             if self.auditor is not None:
-                back = await self.auditor.take_receipt(state, reply.fields)
+                back = await self.auditor.take_receipt(state, reply.fields, final=True)
                 if back:
                     message = Message("receipt", {"session_id": state.session_id, **back})
                     await conn.request(message, timeout=CLOSE_TIMEOUT_S)
