@@ -99,7 +99,9 @@ class BlockServerHandlers:
             "forward",
             "receipt",
         ):
-            self.router.route(name)(getattr(self, f"on_{name}"))
+            # `push` only hands the input to the step waiting for it (forwarding's
+            # critical path): it runs in the connection's reader.
+            self.router.route(name, inline=name == "push")(getattr(self, f"on_{name}"))
 
     def _check_model(self, fields: dict[str, Any]) -> None:
         if _str(fields, "model_id") != self.model_id:

@@ -236,3 +236,32 @@ async def test_idle_connections_close_but_not_while_requests_run(
         assert server.closed
         with trio.fail_after(10):
             await client.wait_closed()
+
+
+async def test_inline_handlers_run_in_the_reader_in_arrival_order() -> None:
+    router = Router()
+    seen: list[int] = []
+
+    @router.route("mark", inline=True)
+    async def mark(peer_id: str, message: Message) -> None:
+        seen.append(message.fields["n"])
+
+    @router.route("seen")
+    async def report(peer_id: str, message: Message) -> Message:
+        return Message("seen", {"seen": list(seen)})
+
+    @router.route("bad", inline=True)
+    async def bad(peer_id: str, message: Message) -> Message:
+        raise ProtocolError("refused inline", 100)
+
+    assert router.inline_types == {"mark", "bad"}
+    async with memory_pair(router) as (client, _server):
+        for n in range(50):
+            await client.send(Message("mark", {"n": n}))
+        # Inline handlers finish before the reader takes the next message: every mark
+        # is in, in order, by the time a later request's (task) handler runs.
+        reply = await client.request(Message("seen"), timeout=5)
+        assert reply.fields["seen"] == list(range(50))
+        with pytest.raises(RemoteError, match="refused inline"):
+            await client.request(Message("bad"), timeout=5)
+        assert (await client.request(Message("seen"), timeout=5)).fields["seen"] == seen

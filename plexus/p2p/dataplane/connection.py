@@ -87,6 +87,7 @@ class Connection:
         self.peer_id = peer_id
         self.limits = limits
         self._handler = handler
+        self._inline_types: frozenset[str] = frozenset(getattr(handler, "inline_types", ()))
         self._ids = itertools.count(1)
         self._pending: dict[int, _Waiter] = {}
         self._in_flight = 0
@@ -364,7 +365,10 @@ class Connection:
             return
         self._in_flight += 1
         self._buffered += size
-        nursery.start_soon(self._handle, message, size)
+        if message.type in self._inline_types:
+            await self._handle(message, size)  # a handler that never waits (Router.route)
+        else:
+            nursery.start_soon(self._handle, message, size)
 
     async def _handle(self, message: Message, size: int) -> None:
         assert self._handler is not None
