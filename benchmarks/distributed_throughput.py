@@ -1,7 +1,7 @@
 """Tokens/s of a session through 2 server processes vs single-process generate().
 
     python benchmarks/distributed_throughput.py [--sizes 30M 300M] [--new-tokens 64]
-        [--rounds 4] [--threads 1] [--json]
+        [--rounds 4] [--threads N] [--no-pin] [--json]
 
 For each Llama shape: writes random weights (cached under --dir), starts a bootstrap
 peer and two `plexus serve` processes (half the blocks each, `--threads` torch threads
@@ -11,7 +11,11 @@ generation through the two servers with the client library, forwarding on (the d
 and off, timed from the prefill to the last token as `Generation.tokens_per_s` reports
 it (opening and closing the session are not counted, as loading is not for generate()).
 Alternating keeps the comparison fair on a machine whose speed drifts between minutes.
-Prints tokens/s (best and median of the rounds) and the ratio of the bests, and checks
+With `--pin` (the default) the servers run on their own halves of the cores
+(`plexus serve --cpus`) and the client shares the first server's, as they would on
+separate machines; local generate() keeps every core.
+Prints tokens/s (best and median of the rounds), the ratio of the bests and the median of
+the rounds' ratios (each swarm round over the local round just before it), and checks
 that every distributed generation gave transformers' tokens.
 """
 
@@ -105,6 +109,7 @@ async def swarm_runs(
     new_tokens: int,
     local: Local,
     rounds: int,
+    client_cpus: set[int],
 ) -> dict[str, list[float]]:
     speeds: dict[str, list[float]] = {"local": [], "forwarding": [], "relay": []}
     async with AsyncClient.connect(str(folder), initial_peers=[boot], data_dir=data_dir) as client:
@@ -113,8 +118,12 @@ async def swarm_runs(
                 await trio.sleep(0.5)
         await client.swarm.refresh(force=True)
         await client.generate_ids(prompt, max_new_tokens=4, eos=False)  # warm-up
+        everywhere = os.sched_getaffinity(0)
         for _ in range(rounds):
+            os.sched_setaffinity(0, everywhere)
             speeds["local"].append(local.tokens_per_s())
+            if client_cpus:
+                os.sched_setaffinity(0, client_cpus)
             for mode in ("forwarding", "relay"):
                 client.forwarding = mode == "forwarding"
                 result = await client.generate_ids(prompt, max_new_tokens=new_tokens, eos=False)
@@ -132,11 +141,22 @@ def main() -> int:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--prompt-tokens", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per server")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads per server (default: its cores)"
+    )
+    parser.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="give each server half of the cores, the client the first server's (default on)",
+    )
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "plexus-bench")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)  # the client's head
+    cpus = sorted(os.sched_getaffinity(0))
+    halves = [cpus[: max(1, len(cpus) // 2)], cpus[len(cpus) // 2 :] or cpus]
+    threads = args.threads or (len(halves[0]) if args.pin else 1)
+    torch.set_num_threads(1)  # the client's head
     for size in args.sizes:
         folder = model_folder(args.dir, size)
         prompt = torch.randint(
@@ -147,10 +167,11 @@ def main() -> int:
         params = sum(p.numel() for p in local.model.parameters())
         with LocalSwarm(args.dir / f"swarm-{size}-{os.getpid()}") as swarm:
             swarm.start_bootstrap()
-            for span in (f"0-{n // 2 - 1}", f"{n // 2}-{n - 1}"):
+            for half, span in zip(halves, (f"0-{n // 2 - 1}", f"{n // 2}-{n - 1}"), strict=True):
+                pin = ["--cpus", ",".join(map(str, half))] if args.pin else []
                 swarm.start_server(
                     str(folder), span, "--no-rebalance", "--dtype", "fp32",
-                    "--threads", str(args.threads),
+                    "--threads", str(threads), *pin,
                 )  # fmt: skip
             speeds = trio.run(
                 swarm_runs,
@@ -161,6 +182,7 @@ def main() -> int:
                 args.new_tokens,
                 local,
                 args.rounds,
+                {halves[0][0]} if args.pin else set(),
             )
         best = {mode: max(v) for mode, v in speeds.items()}
         print({m: [round(x, 1) for x in v] for m, v in speeds.items()}, file=sys.stderr)  # rounds
@@ -168,13 +190,21 @@ def main() -> int:
             "model": f"llama-{size}",
             "parameters_m": round(params / 1e6, 1),
             "rounds": args.rounds,
-            "server_threads": args.threads,
+            "server_threads": threads,
+            "pinned": args.pin,
             **{f"{mode}_tokens_per_s": round(best[mode], 2) for mode in best},
             **{f"{mode}_median": round(statistics.median(v), 2) for mode, v in speeds.items()},
             "ratio": round(best["forwarding"] / best["local"], 3),
             "ratio_relay": round(best["relay"] / best["local"], 3),
             "ratio_of_medians": round(
                 statistics.median(speeds["forwarding"]) / statistics.median(speeds["local"]), 3
+            ),
+            # Each round's swarm speed over the local speed measured just before it.
+            "ratio_paired_median": round(
+                statistics.median(
+                    f / lo for f, lo in zip(speeds["forwarding"], speeds["local"], strict=True)
+                ),
+                3,
             ),
             "same_tokens": True,
         }
@@ -184,7 +214,8 @@ def main() -> int:
             print(
                 "{model}: {parameters_m}M params, local {local_tokens_per_s} tok/s, 2 servers "
                 "{forwarding_tokens_per_s} tok/s forwarding ({relay_tokens_per_s} relaying), "
-                "ratio {ratio} (relay {ratio_relay}); same tokens".format(**report),
+                "ratio {ratio} (relay {ratio_relay}; paired median {ratio_paired_median}); "
+                "same tokens".format(**report),
                 flush=True,
             )
         del local

@@ -81,6 +81,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "per core); with several servers on one machine, give each a share of the cores",
     )
     parser.add_argument(
+        "--cpus",
+        default=None,
+        metavar="LIST",
+        help="run only on these CPU cores, e.g. 1 or 0-3,6 (Linux); --threads then "
+        "defaults to their number. Gives each server on a shared machine its own cores",
+    )
+    parser.add_argument(
         "--max-sessions", type=int, default=64, help="concurrent inference sessions (default 64)"
     )
     parser.add_argument(
@@ -139,6 +146,13 @@ def run(args: argparse.Namespace) -> int:
     from plexus.p2p.dht import configure_libp2p_logging
     from plexus.server.runner import ServeOptions, parse_shards, print_ready, serve
 
+    if args.cpus is not None:  # first: threads started from here on inherit it
+        from plexus.cpu_affinity import parse_cpu_list, pin_to
+
+        cpus = parse_cpu_list(args.cpus)
+        pin_to(cpus)
+        if args.threads is None:
+            args.threads = len(cpus)
     configure_libp2p_logging(args.log_level)
     data_dir = options.data_dir(args)
     for name in ("max_sessions", "cache_tokens"):
