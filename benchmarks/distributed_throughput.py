@@ -156,7 +156,8 @@ def main() -> int:
     cpus = sorted(os.sched_getaffinity(0))
     halves = [cpus[: max(1, len(cpus) // 2)], cpus[len(cpus) // 2 :] or cpus]
     threads = args.threads or (len(halves[0]) if args.pin else 1)
-    torch.set_num_threads(1)  # the client's head
+    # The client's head: one thread beside a pinned server, else every core (as generate()).
+    torch.set_num_threads(1 if args.pin else len(cpus))
     for size in args.sizes:
         folder = model_folder(args.dir, size)
         prompt = torch.randint(
