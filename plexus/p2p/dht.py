@@ -117,6 +117,7 @@ class DHTNode:
         self._last_announced: ServerRecord | None = None
         self._targets: dict[bytes, _Targets] = {}
         self._provided: dict[bytes, float] = {}
+        self._withdrawn = False
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -168,6 +169,7 @@ class DHTNode:
                         yield node
                     finally:
                         nursery.cancel_scope.cancel()
+                        await _close_connections(host)
         except BaseExceptionGroup as group:
             # Five nested nurseries wrap whatever the caller's block raised; give it back.
             leaf = _sole_leaf(group)
@@ -268,6 +270,9 @@ class DHTNode:
         envelope = sign_record(record, self.identity)
         verify_record(envelope, peer_id=self.peer_id)
         done = Announced()
+        if self._withdrawn:
+            log.debug("not announcing seq %d: this node withdrew", record.seq)
+            return done
         pkey = provider_key(record.model_id, provider_shard(self.peer_id))
 
         async def put() -> None:
@@ -291,7 +296,10 @@ class DHTNode:
 
     async def withdraw(self) -> int:
         """Best effort: replace our record with one that expires now, so finders drop us
-        at once instead of at expiry. Returns how many peers took the withdrawal."""
+        at once instead of at expiry. Returns how many peers took the withdrawal. This node
+        is leaving: later announce() calls do nothing, so that one still scheduled cannot
+        put the record back."""
+        self._withdrawn = True
         if self._last_announced is None:
             return 0
         record = replace(self._last_announced, seq=next_seq(), expires_at=time.time())
@@ -345,17 +353,52 @@ class DHTNode:
         record = make_signed_put_record(key, value, self.host.get_private_key())
         record.timeReceived = format_time_rfc3339()
         self.dht.value_store.put_record(key, record)
-        peers = await self._closest(key, self.rpc.get_value)
-        return await self._count(peers, lambda peer: self.rpc.put_value(peer, key, value))
+        return await self._send_to_closest(
+            key, self.rpc.get_value, lambda peer: self.rpc.put_value(peer, key, value)
+        )
 
     async def _provide(self, key: bytes) -> int:
         """Register as a provider of `key`, locally and at the closest peers to it."""
         own = PeerInfo(self.host.get_id(), self.host.get_addrs())
         self.dht.provider_store.add_provider(key, own)
-        peers = await self._closest(key, self.rpc.get_providers)
-        count = await self._count(peers, lambda peer: self.rpc.add_provider(peer, key))
+        count = await self._send_to_closest(
+            key, self.rpc.get_providers, lambda peer: self.rpc.add_provider(peer, key)
+        )
         self._provided[key] = time.monotonic()
         return count
+
+    async def _send_to_closest(
+        self,
+        key: bytes,
+        walk: Callable[[ID, bytes], Awaitable[tuple[object, list[ID]]]],
+        call: Callable[[ID], Awaitable[bool]],
+    ) -> int:
+        """Run `call` on the closest peers to `key` we already know, at once, and on those a
+        fresh walk (with `walk`) adds; how many returned True. Not walk-then-send: a walk
+        waits for slow peers, and the replicas at the live ones must not age meanwhile."""
+        sent: set[ID] = set()
+        accepted = 0
+
+        async def send(peers: Sequence[ID]) -> None:
+            nonlocal accepted
+            fresh = [p for p in peers if p not in sent]
+            sent.update(fresh)
+            count = await self._count(fresh, call)
+            accepted += count  # not `accepted += await ...`: that reads first
+
+        async def walk_then_send() -> None:
+            await send(await self._closest(key, walk))
+
+        cached = self._targets.get(key)
+        known = (
+            list(cached.peers)
+            if cached is not None
+            else self.dht.routing_table.find_local_closest_peers(key, self.config.replication)
+        )
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send, [p for p in known if p != self.host.get_id()])
+            nursery.start_soon(walk_then_send)
+        return accepted
 
     async def _count(self, peers: Sequence[ID], call: Callable[[ID], Awaitable[bool]]) -> int:
         """Run `call` on every peer at once; how many returned True."""
@@ -502,18 +545,49 @@ class DHTNode:
             value, closer = await self.rpc.get_value(peer, key)
             return check(value), closer
 
+        def newest_is_live(found: list[ServerRecord]) -> bool:
+            newest = max(candidates + found, key=lambda r: r.seq, default=None)
+            return newest is not None and newest.is_live()
+
+        # Copies that all lapsed may just be stale (their owner's puts are slow): look
+        # further for a live one before believing the server is gone.
         quorum = self.config.record_quorum - len(candidates)
-        if quorum > 0:
-            candidates += [r for _, r in await self._lookup(key, ask, want=quorum)]
+        if quorum > 0 or not newest_is_live([]):
+            answers = await self._lookup(key, ask, want=max(1, quorum), enough=newest_is_live)
+            candidates += [r for _, r in answers]
         return max(candidates, key=lambda r: r.seq, default=None)
 
     async def _lookup(
-        self, key: bytes, ask: Query[T], *, want: int, max_queries: int | None = None
+        self,
+        key: bytes,
+        ask: Query[T],
+        *,
+        want: int,
+        max_queries: int | None = None,
+        enough: Callable[[list[T]], bool] | None = None,
     ) -> list[tuple[ID, T]]:
-        table = self.dht.routing_table
-        limit = max_queries or self.config.max_queries
-        result = await iterative_lookup(self.host, table, key, ask, want=want, max_queries=limit)
+        result = await iterative_lookup(
+            self.host,
+            self.dht.routing_table,
+            key,
+            ask,
+            want=want,
+            max_queries=max_queries or self.config.max_queries,
+            enough=enough,
+        )
         return result.answers
+
+
+async def _close_connections(host: IHost) -> None:
+    """Close our connections and listener now. py-libp2p's host.run leaves them to the
+    garbage collector, so a node closed inside a longer-lived process (a client
+    library, a test) stays ESTABLISHED to its peers: their requests then hang until
+    they time out, instead of failing at once on a closed socket."""
+    with trio.CancelScope(shield=True), trio.move_on_after(2.0):
+        try:
+            await host.get_network().close()
+        except Exception as exc:  # libp2p raises assorted errors from a closing swarm
+            log.debug("closing the swarm: %r", exc)
 
 
 def _sole_leaf(group: BaseExceptionGroup) -> BaseException | None:

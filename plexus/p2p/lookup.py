@@ -43,10 +43,13 @@ async def iterative_lookup(
     want: int,
     alpha: int = 3,
     max_queries: int = 20,
+    enough: Callable[[list[T]], bool] | None = None,
 ) -> LookupResult[T]:
-    """Query peers closest to `key` (alpha at a time), following the closer peers they
-    return, until `want` of them gave a non-None answer, `max_queries` were asked, or no
-    candidate is left. `query` must bound its own time; unreachable peers are skipped
+    """Query peers closest to `key`, following the closer peers they return, until `want`
+    of them gave a non-None answer (and `enough(answers)` holds, when given), `max_queries`
+    were asked, or no candidate is left. Up to `alpha` queries are in flight; a new one
+    starts as soon as any finishes, so one peer that never answers holds one slot, not
+    the whole lookup. `query` must bound its own time; unreachable peers are skipped
     (and listed in the result)."""
     own = host.get_id()
     seeds = routing_table.find_local_closest_peers(key, max_queries)
@@ -56,28 +59,43 @@ async def iterative_lookup(
     asked: set[ID] = set()
     result: LookupResult[T] = LookupResult()
 
-    async def ask(peer: ID) -> None:
+    def satisfied() -> bool:
+        if len(result.answers) < want:
+            return False
+        return enough is None or enough([answer for _, answer in result.answers])
+
+    def room(in_flight: int) -> int:
+        return max(0, min(alpha - in_flight, max_queries - result.queried))
+
+    async def ask(peer: ID, done: trio.MemorySendChannel[None]) -> None:
         try:
             answer, closer = await query(peer)
         except PeerUnreachable as exc:
             log.debug("lookup: %s", exc)
             result.unreachable.append(peer)
-            return
-        if answer is not None:
-            result.answers.append((peer, answer))
-        for p in closer:
-            if p != own and p not in asked and p not in candidates:
-                candidates.append(p)
+        else:
+            if answer is not None:
+                result.answers.append((peer, answer))
+            for p in closer:
+                if p != own and p not in asked and p not in candidates:
+                    candidates.append(p)
+            candidates[:] = sort_peer_ids_by_distance(key, candidates)
+        finally:
+            done.send_nowait(None)  # never blocks: the buffer holds one per query in flight
 
-    while len(result.answers) < want and result.queried < max_queries:
-        room = min(alpha, want - len(result.answers), max_queries - result.queried)
-        batch = [p for p in candidates if p not in asked][:room]
-        if not batch:
-            break
-        asked.update(batch)
-        result.queried += len(batch)
-        async with trio.open_nursery() as nursery:
+    done, finished = trio.open_memory_channel[None](alpha)
+    in_flight = 0
+    async with trio.open_nursery() as nursery:
+        while not satisfied():
+            batch = [p for p in candidates if p not in asked][: room(in_flight)]
             for peer in batch:
-                nursery.start_soon(ask, peer)
-        candidates[:] = sort_peer_ids_by_distance(key, candidates)
+                asked.add(peer)
+                result.queried += 1
+                in_flight += 1
+                nursery.start_soon(ask, peer, done)
+            if in_flight == 0:
+                break
+            await finished.receive()
+            in_flight -= 1
+        nursery.cancel_scope.cancel()  # answers still in flight are no longer needed
     return result

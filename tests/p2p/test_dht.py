@@ -11,6 +11,8 @@ from dataclasses import replace
 
 import pytest
 import trio
+from libp2p.kad_dht.common import PROTOCOL_ID as KAD_PROTOCOL
+from libp2p.peer.peerinfo import PeerInfo
 from libp2p.records.record import make_signed_put_record
 
 from plexus.errors import RecordError
@@ -204,3 +206,83 @@ async def test_node_started_before_its_bootstrap_joins_later() -> None:
                     await trio.sleep(0.1)
                 await a.announce(record_for(a.identity))
                 assert [r.peer_id for r in await boot.find_servers(MODEL)] == [a.peer_id]
+
+
+async def test_closing_a_node_closes_its_connections_at_once() -> None:
+    """A node closed inside a process that lives on (a notebook, a test) must not stay
+    ESTABLISHED to its peers: their requests would hang until timeout instead of failing."""
+    with trio.fail_after(30):
+        async with network(1) as (boot,):
+            async with DHTNode.open(Identity.generate(), initial_peers=boot.multiaddrs) as a:
+                gone = a.peer_id
+                assert gone in boot.connected_peers()
+            with trio.fail_after(FAST.rpc_timeout / 2):
+                while gone in boot.connected_peers():
+                    await trio.sleep(0.05)
+
+
+async def test_a_stale_replica_does_not_hide_a_live_server() -> None:
+    """The copies at the peers closest to a record's key lapsed (the owner's puts are
+    slow), but the owner holds a fresh one: finders must look on, not report it gone."""
+    with trio.fail_after(40):
+        async with network(5) as nodes:
+            owner, finder = _owner_far_from_its_key(nodes)
+            key = record_key(owner.peer_id).encode()
+            await owner.announce(record_for(owner.identity, ttl=1.0))
+            assert finder.dht.value_store.get(key) is not None  # replicas everywhere
+            await trio.sleep(1.2)
+            fresh = sign_record(record_for(owner.identity, ttl=30), owner.identity)
+            put = make_signed_put_record(key, fresh, owner.host.get_private_key())
+            owner.dht.value_store.put_record(key, put)  # only the owner has it
+            assert [r.peer_id for r in await finder.find_servers(MODEL)] == [owner.peer_id]
+
+
+def _owner_far_from_its_key(nodes: list[DHTNode]) -> tuple[DHTNode, DHTNode]:
+    """An (owner, finder) pair where the owner is not the finder's closest known peer to
+    the owner's record key, so a finder that trusts its first answer asks someone else."""
+    for owner in nodes:
+        key = record_key(owner.peer_id).encode()
+        for finder in nodes:
+            known = finder.dht.routing_table.find_local_closest_peers(key, 20)
+            known = [p for p in known if p != finder.host.get_id()]
+            if owner is not finder and len(known) >= 3 and known[0] != owner.host.get_id():
+                return owner, finder
+    raise AssertionError("no owner far from its key in this network")
+
+
+async def test_replicas_are_stored_while_a_walk_waits_on_a_silent_peer() -> None:
+    """A peer that takes requests but never answers stalls a walk until its RPCs time
+    out; the live peers must get the record meanwhile, not after."""
+    slow = replace(FAST, rpc_timeout=15.0, operation_timeout=40.0)
+    with trio.fail_after(40):
+        async with network(2) as (boot, silent):
+
+            async def never_answer(stream: object) -> None:
+                await trio.sleep(30)
+
+            async with DHTNode.open(
+                Identity.generate(), initial_peers=boot.multiaddrs, config=slow
+            ) as a:
+                silent.host.set_stream_handler(KAD_PROTOCOL, never_answer)  # type: ignore[arg-type]
+                if silent.host.get_id() not in a.dht.routing_table.get_peer_ids():
+                    info = PeerInfo(silent.host.get_id(), silent.host.get_addrs())
+                    await a.host.connect(info)
+                    await a.dht.routing_table.add_peer(info)
+                key = record_key(a.peer_id).encode()
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(a.announce, record_for(a.identity))
+                    with trio.fail_after(5):  # well before the silent peer's 15 s timeout
+                        while boot.dht.value_store.get(key) is None:
+                            await trio.sleep(0.05)
+                    nursery.cancel_scope.cancel()
+
+
+async def test_announce_after_withdraw_does_nothing() -> None:
+    """An announcement still scheduled when a server withdraws must not undo it."""
+    with trio.fail_after(40):
+        async with network(3) as (_, a, b):
+            await a.announce(record_for(a.identity))
+            assert await a.withdraw() >= 1
+            done = await a.announce(record_for(a.identity))
+            assert done.stored == 0
+            assert await b.find_servers(MODEL) == []
