@@ -64,10 +64,7 @@ async def iterative_lookup(
             return False
         return enough is None or enough([answer for _, answer in result.answers])
 
-    def room(in_flight: int) -> int:
-        return max(0, min(alpha - in_flight, max_queries - result.queried))
-
-    async def ask(peer: ID, done: trio.MemorySendChannel[None]) -> None:
+    async def ask(peer: ID) -> None:
         try:
             answer, closer = await query(peer)
         except PeerUnreachable as exc:
@@ -87,12 +84,13 @@ async def iterative_lookup(
     in_flight = 0
     async with trio.open_nursery() as nursery:
         while not satisfied():
-            batch = [p for p in candidates if p not in asked][: room(in_flight)]
+            room = min(alpha - in_flight, max_queries - result.queried)
+            batch = [p for p in candidates if p not in asked][:room]
             for peer in batch:
                 asked.add(peer)
                 result.queried += 1
                 in_flight += 1
-                nursery.start_soon(ask, peer, done)
+                nursery.start_soon(ask, peer)
             if in_flight == 0:
                 break
             await finished.receive()
