@@ -41,6 +41,11 @@ class ConnectionPool:
             finally:
                 nursery.cancel_scope.cancel()
 
+    def connected(self, peer_id: str) -> bool:
+        """Whether a connection to `peer_id` is open (`get` would not dial)."""
+        conn = self._connections.get(peer_id)
+        return conn is not None and not conn.closed
+
     async def get(self, peer_id: str, address: str) -> Connection:
         """The open connection to `peer_id` at `address`, dialing it if needed."""
         conn = self._connections.get(peer_id)

@@ -8,6 +8,7 @@ pushes, waiting steps and their errors, and the client falling back to relaying.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -126,6 +127,63 @@ async def test_forwarded_steps_equal_relayed_and_local(tiny, forwarding: bool) -
     assert session.failovers == 0
     pushed = [s.handlers.forwarder.pushes_received for s in servers]  # type: ignore[union-attr]
     assert pushed == ([0, len(inputs), len(inputs)] if forwarding else [0, 0, 0])
+
+
+async def _session(
+    view: SwarmView, servers: list[Server], forwarding: bool = True
+) -> InferenceSession:
+    view.servers = {s.peer_id: s.info() for s in servers}
+    view._refreshed = 1e18  # never look the swarm up again
+    session = InferenceSession(view, 8, 128, 64, forwarding=forwarding)
+    await session.open()
+    return session
+
+
+async def test_later_hops_requests_leave_before_the_first(tiny, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The first server computes as soon as its request lands: nothing the client sends
+    afterwards competes with it for a shared core."""
+    folder, model_id = tiny
+    order: list[str] = []
+    send = InferenceSession._send
+
+    async def recording(self, state, message, into, tokens) -> None:  # type: ignore[no-untyped-def]
+        order.append(state.hop.peer_id)
+        await send(self, state, message, into, tokens)
+
+    monkeypatch.setattr(InferenceSession, "_send", recording)
+    inputs = [torch.randn(1, 3, 128)] + [torch.randn(1, 1, 128) for _ in range(2)]
+    client = Identity.generate(os.urandom(32))
+    async with swarm(folder, model_id) as servers, ConnectionPool.open(client) as pool:
+        session = await _session(SwarmView(StaticNode(), pool, model_id), servers)  # type: ignore[arg-type]
+        outs = [await session.step(x) for x in inputs]
+    assert all(torch.equal(a, b) for a, b in zip(outs, reference(folder, inputs), strict=True))
+    first, middle, last = (s.peer_id for s in servers)
+    assert order == [middle, last, first] * len(inputs)
+
+
+@pytest.mark.parametrize("forwarding", [True, False])
+async def test_while_waiting_runs_at_most_once_a_step_when_it_fits(tiny, forwarding: bool) -> None:  # type: ignore[no-untyped-def]
+    folder, model_id = tiny
+    inputs = [torch.randn(1, 4, 128)] + [torch.randn(1, 1, 128) for _ in range(7)]
+    cheap: list[float] = []
+    slow: list[float] = []
+
+    def sleepy() -> None:
+        slow.append(trio.current_time())
+        time.sleep(0.3)  # far longer than a step of the tiny model
+
+    client = Identity.generate(os.urandom(32))
+    async with swarm(folder, model_id) as servers, ConnectionPool.open(client) as pool:
+        view = SwarmView(StaticNode(), pool, model_id)  # type: ignore[arg-type]
+        session = await _session(view, servers, forwarding)
+        outs = []
+        for k, x in enumerate(inputs):
+            work = (lambda: cheap.append(trio.current_time())) if k < 4 else sleepy
+            out, _ = await session.step_and(x, None, while_waiting=work)
+            outs.append(out)
+    assert all(torch.equal(a, b) for a, b in zip(outs, reference(folder, inputs), strict=True))
+    assert 1 <= len(cheap) <= 4  # skipped only when the last reply was already there
+    assert len(slow) == 1  # then known to take longer than the wait: not again
 
 
 async def test_server_that_cannot_reach_the_next_one_is_relayed(tiny) -> None:  # type: ignore[no-untyped-def]
