@@ -81,10 +81,11 @@ async def generate_tokens(
     text = ""
     started = time.perf_counter()
     step_ids = input_ids
+    prefetch = head.prefetch if head.prefetch_helps else None
     for _ in range(max_new_tokens):
         # The logits are computed while the last server's commitment is on its way.
         _, logits = await session.step_and(
-            head.embed(step_ids), lambda out: head.logits(out[:, -1])
+            head.embed(step_ids), lambda out: head.logits(out[:, -1]), while_waiting=prefetch
         )
         assert logits is not None
         next_id = int(sampler(logits, seen)[0])

@@ -64,6 +64,11 @@ class PendingReply:
     def __init__(self, conn: Connection, request_id: int, waiter: _Waiter, what: str) -> None:
         self._conn, self._id, self._waiter, self._what = conn, request_id, waiter, what
 
+    @property
+    def arrived(self) -> bool:
+        """Whether the reply (or an error, or the connection's end) is here."""
+        return self._waiter.event.is_set()
+
     async def wait(self, timeout: float | None = DEFAULT_REQUEST_TIMEOUT) -> Message:
         try:
             with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
