@@ -238,7 +238,8 @@ class Auditor:
         position = state.length
         if audit.hasher is None or position == 0:
             audit.hasher = InputsHasher(hidden.shape[0], hidden.shape[2])
-        digest = audit.hasher.copy().update(hidden, mask)
+        hasher = audit.hasher.copy()  # becomes the session's once the reply checked out
+        digest = hasher.update(hidden, mask)
         peer = state.hop.peer_id
         signed, commitment = self._read_commitment(reply.fields, peer, digest)
         if (
@@ -252,7 +253,7 @@ class Auditor:
             raise NetworkError(f"{peer} committed to something else than it returned")
         if not bool(torch.isfinite(out).all()):
             raise NetworkError(f"{peer} returned non-finite hidden states")
-        audit.hasher.update(hidden, mask)
+        audit.hasher = hasher
         audit.records.append(StepRecord(position, hidden.shape[1], digest, signed, commitment))
         audit.tokens_sent += hidden.shape[0] * hidden.shape[1]
 
