@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -239,7 +240,7 @@ class AsyncClient:
             if own_session:
                 session = await self.open_session(ids.shape[1] + max_new_tokens)
             assert session is not None
-            held = HeldOutput(on_text, on_token, self._must_hold(session))
+            held = HeldOutput(on_text, on_token, partial(self._must_hold, session))
             self._live_sessions.append(session)
             try:
                 result = await generate_tokens(
@@ -316,7 +317,9 @@ class AsyncChat:
             if self._session is None:
                 self._session = await self.client.open_session(self.max_length)
             held = HeldOutput(
-                kwargs.get("on_text"), kwargs.get("on_token"), self.client._must_hold(self._session)
+                kwargs.get("on_text"),
+                kwargs.get("on_token"),
+                partial(self.client._must_hold, self._session),
             )
             result = await self._send(
                 text, **{**kwargs, "on_text": held.on_text, "on_token": held.on_token}

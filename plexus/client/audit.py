@@ -90,6 +90,7 @@ class HopAudit:
     audited: int = 0  # positions before this were audited (or skipped) already
     countersign: dict[str, Any] = field(default_factory=dict)  # piggyback on next request
     tokens_sent: int = 0
+    due: bool | None = None  # whether the next audit_hop audits (drawn once, in advance)
 
 
 @dataclass
@@ -106,34 +107,43 @@ class AuditStats:
 
 
 class HeldOutput:
-    """Streamed text that, with `hold`, is kept until the request's audits have passed
-    (`release`) or failed (`discard`): text from a step that fails an audit is never shown.
-    Clients hold while a server on the route is audited on every request. `on_token` is a
-    low-level progress hook and is never held (it sees tokens as they are generated)."""
+    """Streamed text that, once `hold()` is true, is kept until the request's audits have
+    passed (`release`) or failed (`discard`): text from a step that fails an audit is never
+    shown. Clients hold as soon as some server on the route is to be audited on this
+    request (`Auditor.must_hold`; asked again before every piece, as a failover may bring
+    in a new server). `on_token` is a low-level progress hook and is never held (it sees
+    tokens as they are generated)."""
 
     def __init__(
         self,
         on_text: Callable[[str], object] | None,
         on_token: Callable[[int], object] | None,
-        hold: bool,
+        hold: Callable[[], bool],
     ) -> None:
-        self.hold = hold
-        self._events: list[tuple[Callable[[Any], object], Any]] = []
-        self.on_text = self._wrap(on_text)
+        self._hold = hold
+        self.holding = False
+        self._text = on_text
+        self._pieces: list[str] = []
+        self.on_text = None if on_text is None else self._piece
         self.on_token = on_token
 
-    def _wrap(self, fn: Callable[[Any], object] | None) -> Callable[[Any], object] | None:
-        if fn is None or not self.hold:
-            return fn
-        return lambda value: self._events.append((fn, value))
+    def _piece(self, text: str) -> None:
+        assert self._text is not None
+        if not self.holding:
+            self.holding = self._hold()
+        if self.holding:
+            self._pieces.append(text)
+        else:
+            self._text(text)
 
     def release(self) -> None:
-        events, self._events = self._events, []
-        for fn, value in events:
-            fn(value)
+        pieces, self._pieces = self._pieces, []
+        if self._text is not None:
+            for text in pieces:
+                self._text(text)
 
     def discard(self) -> None:
-        self._events = []
+        self._pieces = []
 
 
 @dataclass
@@ -202,10 +212,19 @@ class Auditor:
             self.clean.get(peer_id, 0), self.recently_caught(peer_id), floor=self.floor
         )
 
+    def audit_due(self, state: HopState) -> bool:
+        """Whether the hop's next `audit_hop` audits it: drawn with the server's audit
+        probability once, before the request's output streams, so that text which an
+        audit could still reject is never shown (the server cannot tell either way)."""
+        audit = state.audit
+        if audit.due is None:
+            audit.due = self._rng.random() < self.probability(state.hop.peer_id)
+        return audit.due
+
     def must_hold(self, hops: list[HopState]) -> bool:
-        """Whether streamed output should wait for the audits: some server on the route
-        is audited on every request (new, or recently caught)."""
-        return any(self.probability(state.hop.peer_id) >= 1.0 for state in hops)
+        """Whether streamed output must wait for the audits: a server on the route is to
+        be audited on this request (new and recently caught servers always are)."""
+        return any([self.audit_due(state) for state in hops])
 
     def _block(self, peer_id: str) -> None:
         self.convicted.add(peer_id)
@@ -382,7 +401,8 @@ class Auditor:
             return peer not in self.convicted
         first = audit.audited
         audit.audited = length
-        if self._rng.random() >= self.probability(peer):
+        due, audit.due = self.audit_due(state), None  # the next request draws again
+        if not due:
             self.stats.skipped += 1
             return True
         x, m = state.history()
