@@ -252,8 +252,8 @@ class InferenceSession:
         async with trio.open_nursery() as nursery:
             # The later hops' requests go first: they only make their servers wait for
             # the pushed input, and sent after the first request they would take CPU from
-            # the first server's compute wherever the two share cores (measured: 1-6% more
-            # tokens/s, docs/performance.md). One that must dial first is sent from a task.
+            # the first server's compute wherever the two share cores (docs/performance.md).
+            # One that must dial first is sent from a task.
             for k in range(1, len(hops)):
                 if self.swarm.pool.connected(hops[k].hop.peer_id):
                     await self._send(hops[k], messages[k], sent[k], tokens)

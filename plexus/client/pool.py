@@ -43,17 +43,20 @@ class ConnectionPool:
 
     def connected(self, peer_id: str) -> bool:
         """Whether a connection to `peer_id` is open (`get` would not dial)."""
+        return self._open_connection(peer_id) is not None
+
+    def _open_connection(self, peer_id: str) -> Connection | None:
         conn = self._connections.get(peer_id)
-        return conn is not None and not conn.closed
+        return conn if conn is not None and not conn.closed else None
 
     async def get(self, peer_id: str, address: str) -> Connection:
         """The open connection to `peer_id` at `address`, dialing it if needed."""
-        conn = self._connections.get(peer_id)
-        if conn is not None and not conn.closed:
+        conn = self._open_connection(peer_id)
+        if conn is not None:
             return conn  # the common case: no lock, no scheduler pass
         async with self._locks.setdefault(peer_id, trio.Lock()):
-            conn = self._connections.get(peer_id)
-            if conn is not None and not conn.closed:
+            conn = self._open_connection(peer_id)
+            if conn is not None:
                 return conn
             try:
                 return await self._nursery.start(self._hold, peer_id, address)
