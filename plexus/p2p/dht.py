@@ -44,6 +44,9 @@ from plexus.p2p.validator import plexus_validator
 
 log = logging.getLogger(__name__)
 
+ANNOUNCE_RETRY_PAUSE = 0.25
+"""Seconds before an announce that reached no peer is retried (doubling each time)."""
+
 
 @dataclass(frozen=True)
 class DHTConfig:
@@ -275,11 +278,14 @@ class DHTNode:
             return done
         pkey = provider_key(record.model_id, provider_shard(self.peer_id))
 
+        key = record_key(self.peer_id).encode()
+        retry_until = trio.current_time() + self.config.operation_timeout / 2
+
         async def put() -> None:
-            done.stored = await self._put(record_key(self.peer_id).encode(), envelope)
+            done.stored = await self._until_taken(lambda: self._put(key, envelope), retry_until)
 
         async def provide() -> None:
-            done.providing = await self._provide(pkey)
+            done.providing = await self._until_taken(lambda: self._provide(pkey), retry_until)
 
         try:
             with trio.fail_after(self.config.operation_timeout):
@@ -293,6 +299,22 @@ class DHTNode:
         if (done.stored == 0 or done.providing == 0) and self.host.get_connected_peers():
             log.warning("record seq %d reached no peer: %s", record.seq, done)
         return done
+
+    async def _until_taken(self, send: Callable[[], Awaitable[int]], retry_until: float) -> int:
+        """`send()`, and again after a growing pause while no peer took it though some are
+        connected, until trio's clock reaches `retry_until`: on a busy network the first
+        try can time out at every peer (a joining server's first announce meets peers
+        that are joining too), and waiting a whole announce period would leave the server
+        unfindable meanwhile. Returns how many peers took the last try (0 if cut off)."""
+        taken = await send()
+        pause = ANNOUNCE_RETRY_PAUSE
+        with trio.move_on_at(retry_until):
+            while not taken and self.host.get_connected_peers():
+                log.info("no peer took an announce yet; retrying in %.2f s", pause)
+                await trio.sleep(pause)
+                pause *= 2
+                taken = await send()
+        return taken
 
     async def withdraw(self) -> int:
         """Best effort: replace our record with one that expires now, so finders drop us

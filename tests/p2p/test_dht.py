@@ -286,3 +286,31 @@ async def test_announce_after_withdraw_does_nothing() -> None:
             done = await a.announce(record_for(a.identity))
             assert done.stored == 0
             assert await b.find_servers(MODEL) == []
+
+
+async def test_an_announce_no_peer_took_is_retried_within_its_deadline() -> None:
+    """A busy network can drop a joining server's first announce at every peer; the
+    announce tries again (growing pauses) instead of leaving the server unfindable for a
+    whole period."""
+    with trio.fail_after(40):
+        async with network(2) as (boot, a):
+            real = boot.host.get_mux().handlers[KAD_PROTOCOL]
+            dropped = 0
+
+            async def drop_for_a_while(stream: object) -> None:
+                nonlocal dropped
+                dropped += 1
+                await stream.reset()  # type: ignore[attr-defined]
+
+            boot.host.set_stream_handler(KAD_PROTOCOL, drop_for_a_while)  # type: ignore[arg-type]
+            async with trio.open_nursery() as nursery:
+
+                async def answer_again_later() -> None:
+                    await trio.sleep(1.0)
+                    boot.host.set_stream_handler(KAD_PROTOCOL, real)  # type: ignore[arg-type]
+
+                nursery.start_soon(answer_again_later)
+                done = await a.announce(record_for(a.identity))
+            assert dropped >= 1
+            assert done.stored >= 1
+            assert boot.dht.value_store.get(record_key(a.peer_id).encode()) is not None
