@@ -24,10 +24,12 @@ from libp2p.custom_types import TProtocol
 from libp2p.kad_dht.common import PROTOCOL_ID
 from libp2p.kad_dht.pb.kademlia_pb2 import Message
 from libp2p.kad_dht.utils import maybe_consume_signed_record
+from libp2p.network.stream.exceptions import StreamReset
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 from libp2p.peer.peerstore import env_to_send_in_RPC
 from libp2p.records.record import make_signed_put_record
+from libp2p.stream_muxer.exceptions import MuxedStreamReset
 from libp2p.utils.varint import read_varint_prefixed_bytes_limited
 from multiaddr import Multiaddr
 
@@ -153,6 +155,12 @@ class KadClient:
         try:
             stream = await self.host.new_stream(peer, [TProtocol(PROTOCOL_ID)])
         except Exception as exc:  # libp2p raises many unrelated types for a failed dial
+            if peer in self.host.get_connected_peers():
+                # The connection lives on but the stream was reset while it was being
+                # negotiated: a busy peer shedding load, not a dead one (forgetting it
+                # would leave a node whose only contact it is with no one to retry on).
+                log.debug("no DHT stream to %s on its live connection: %r", peer, exc)
+                return None
             self._dead(peer)
             raise PeerUnreachable(f"cannot open a DHT stream to {peer}: {exc}") from exc
         try:
@@ -160,14 +168,10 @@ class KadClient:
             return await read_varint_prefixed_bytes_limited(stream, MAX_RESPONSE_SIZE)
         except Exception as exc:  # reset, EOF, oversize: all mean "no answer this time"
             log.debug("no answer from %s: %r", peer, exc)
-            # The connection may be dead (the peer was killed): drop it so that the retry
-            # dials afresh, which fails at once for a dead peer instead of running out the
-            # whole timeout on a stale connection; a live peer just costs one new dial.
-            with trio.CancelScope(shield=True), trio.move_on_after(1):
-                try:
-                    await self.host.get_network().close_peer(peer)
-                except Exception as close_exc:  # libp2p raises assorted errors here
-                    log.debug("closing the connection to %s: %r", peer, close_exc)
+            if not (_is_reset(exc) and peer in self.host.get_connected_peers()):
+                # A reset that came over a live connection leaves it (and the other
+                # requests on it) alone; anything else may mean a dead connection.
+                await self._close_connection(peer)
             return None
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(1):
@@ -175,6 +179,16 @@ class KadClient:
                     await stream.close()
                 except Exception as exc:  # closing a reset stream raises assorted errors
                     log.debug("closing a DHT stream to %s: %r", peer, exc)
+
+    async def _close_connection(self, peer: ID) -> None:
+        """The connection may be dead (the peer was killed): drop it so that a retry
+        dials afresh, which fails at once for a dead peer instead of running out the
+        whole timeout on a stale connection; a live peer just costs one new dial."""
+        with trio.CancelScope(shield=True), trio.move_on_after(1):
+            try:
+                await self.host.get_network().close_peer(peer)
+            except Exception as exc:  # libp2p raises assorted errors here
+                log.debug("closing the connection to %s: %r", peer, exc)
 
     def _parse(self, peer: ID, data: bytes) -> Message | None:
         response = Message()
@@ -208,3 +222,8 @@ class KadClient:
             maybe_consume_signed_record(proto, self.host)
             closer.append(peer)
         return closer
+
+
+def _is_reset(exc: BaseException) -> bool:
+    """The peer reset this one stream (how a Kademlia server refuses or sheds load)."""
+    return isinstance(exc, (StreamReset, MuxedStreamReset))

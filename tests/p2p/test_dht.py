@@ -291,7 +291,7 @@ async def test_announce_after_withdraw_does_nothing() -> None:
 async def test_an_announce_no_peer_took_is_retried_within_its_deadline() -> None:
     """A busy network can drop a joining server's first announce at every peer; the
     announce tries again (growing pauses) instead of leaving the server unfindable for a
-    whole period."""
+    whole period, and the peer that reset its streams is not forgotten meanwhile."""
     with trio.fail_after(40):
         async with network(2) as (boot, a):
             real = boot.host.get_mux().handlers[KAD_PROTOCOL]
@@ -313,4 +313,6 @@ async def test_an_announce_no_peer_took_is_retried_within_its_deadline() -> None
                 done = await a.announce(record_for(a.identity))
             assert dropped >= 1
             assert done.stored >= 1
+            # A peer that resets streams is busy, not dead: it stays in the routing table.
+            assert boot.host.get_id() in a.dht.routing_table.get_peer_ids()
             assert boot.dht.value_store.get(record_key(a.peer_id).encode()) is not None
