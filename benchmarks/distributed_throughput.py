@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import statistics
 import sys
 import tempfile
@@ -69,6 +70,21 @@ def model_folder(root: Path, size: str) -> Path:
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         model.save_pretrained(folder)
     return folder
+
+
+def machine() -> str:
+    """CPU model, cores and kernel: figures from different machines are not comparable
+    (the same code gave 0.8 on one build machine and 0.6 on the next)."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            names = [
+                line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")
+            ]
+        model = names[0] if names else model
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
 
 
 class Local:
@@ -189,6 +205,7 @@ def main() -> int:
         print({m: [round(x, 1) for x in v] for m, v in speeds.items()}, file=sys.stderr)  # rounds
         report = {
             "model": f"llama-{size}",
+            "machine": machine(),
             "parameters_m": round(params / 1e6, 1),
             "rounds": args.rounds,
             "server_threads": threads,
@@ -213,8 +230,9 @@ def main() -> int:
             print(json.dumps(report), flush=True)
         else:
             print(
-                "{model}: {parameters_m}M params, local {local_tokens_per_s} tok/s, 2 servers "
-                "{forwarding_tokens_per_s} tok/s forwarding ({relay_tokens_per_s} relaying), "
+                "{model} on {machine}: {parameters_m}M params, local {local_tokens_per_s} "
+                "tok/s, 2 servers {forwarding_tokens_per_s} tok/s forwarding "
+                "({relay_tokens_per_s} relaying), "
                 "ratio {ratio} (relay {ratio_relay}; paired median {ratio_paired_median}); "
                 "same tokens".format(**report),
                 flush=True,
