@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 ANNOUNCE_RETRY_PAUSE = 0.25
 """Seconds before an announce that reached no peer is retried (doubling each time)."""
 
+WITHDRAW_LINGER = 1.0
+"""Seconds a withdrawal waits for more acknowledgements after the first one."""
+
 
 @dataclass(frozen=True)
 class DHTConfig:
@@ -316,21 +319,40 @@ class DHTNode:
                 taken = await send()
         return taken
 
-    async def withdraw(self) -> int:
+    async def withdraw(self, linger: float = WITHDRAW_LINGER) -> int:
         """Best effort: replace our record with one that expires now, so finders drop us
         at once instead of at expiry. Returns how many peers took the withdrawal. This node
         is leaving: later announce() calls do nothing, so that one still scheduled cannot
-        put the record back."""
+        put the record back. Once one peer took it, the others get `linger` seconds more:
+        when a whole swarm stops at once, the peers that are leaving too never answer,
+        and waiting for them would hold every exit for the whole operation timeout."""
         self._withdrawn = True
         if self._last_announced is None:
             return 0
         record = replace(self._last_announced, seq=next_seq(), expires_at=time.time())
         envelope = sign_record(record, self.identity)
+        key = record_key(self.peer_id).encode()
+        taken = 0
+        first = trio.Event()
+
+        async def put() -> None:
+            await self._put(key, envelope, on_taken=taken_by_one)
+            nursery.cancel_scope.cancel()
+
+        def taken_by_one() -> None:
+            nonlocal taken
+            taken += 1
+            first.set()
+
         with trio.move_on_after(self.config.operation_timeout):
-            stored = await self._put(record_key(self.peer_id).encode(), envelope)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(put)
+                await first.wait()
+                await trio.sleep(linger)
+                nursery.cancel_scope.cancel()
+        if taken:
             self._last_announced = None
-            return stored
-        return 0
+        return taken
 
     async def announce_forever(
         self,
@@ -369,14 +391,17 @@ class DHTNode:
             or self._stale(targets)
         )
 
-    async def _put(self, key: bytes, value: bytes) -> int:
-        """Store locally, then at the closest peers to `key`; count acknowledgements."""
+    async def _put(
+        self, key: bytes, value: bytes, on_taken: Callable[[], None] | None = None
+    ) -> int:
+        """Store locally, then at the closest peers to `key`; count acknowledgements
+        (`on_taken()` runs at each)."""
         # put_record, not put: py-libp2p would also republish a `put` value on its own.
         record = make_signed_put_record(key, value, self.host.get_private_key())
         record.timeReceived = format_time_rfc3339()
         self.dht.value_store.put_record(key, record)
         return await self._send_to_closest(
-            key, self.rpc.get_value, lambda peer: self.rpc.put_value(peer, key, value)
+            key, self.rpc.get_value, lambda peer: self.rpc.put_value(peer, key, value), on_taken
         )
 
     async def _provide(self, key: bytes) -> int:
@@ -394,10 +419,12 @@ class DHTNode:
         key: bytes,
         walk: Callable[[ID, bytes], Awaitable[tuple[object, list[ID]]]],
         call: Callable[[ID], Awaitable[bool]],
+        on_taken: Callable[[], None] | None = None,
     ) -> int:
         """Run `call` on the closest peers to `key` we already know, at once, and on those a
-        fresh walk (with `walk`) adds; how many returned True. Not walk-then-send: a walk
-        waits for slow peers, and the replicas at the live ones must not age meanwhile."""
+        fresh walk (with `walk`) adds; how many returned True (`on_taken()` runs at
+        each). Not walk-then-send: a walk waits for slow peers, and the replicas at the
+        live ones must not age meanwhile."""
         sent: set[ID] = set()
         accepted = 0
 
@@ -405,7 +432,7 @@ class DHTNode:
             nonlocal accepted
             fresh = [p for p in peers if p not in sent]
             sent.update(fresh)
-            count = await self._count(fresh, call)
+            count = await self._count(fresh, call, on_taken)
             accepted += count  # not `accepted += await ...`: that reads first
 
         async def walk_then_send() -> None:
@@ -422,8 +449,14 @@ class DHTNode:
             nursery.start_soon(walk_then_send)
         return accepted
 
-    async def _count(self, peers: Sequence[ID], call: Callable[[ID], Awaitable[bool]]) -> int:
-        """Run `call` on every peer at once; how many returned True."""
+    async def _count(
+        self,
+        peers: Sequence[ID],
+        call: Callable[[ID], Awaitable[bool]],
+        on_taken: Callable[[], None] | None = None,
+    ) -> int:
+        """Run `call` on every peer at once; how many returned True (`on_taken()` runs at
+        each as it comes)."""
         accepted = 0
 
         async def one(peer: ID) -> None:
@@ -435,6 +468,8 @@ class DHTNode:
                 return
             if ok:
                 accepted += 1
+                if on_taken is not None:
+                    on_taken()
 
         async with trio.open_nursery() as nursery:
             for peer in peers:

@@ -316,3 +316,29 @@ async def test_an_announce_no_peer_took_is_retried_within_its_deadline() -> None
             # A peer that resets streams is busy, not dead: it stays in the routing table.
             assert boot.host.get_id() in a.dht.routing_table.get_peer_ids()
             assert boot.dht.value_store.get(record_key(a.peer_id).encode()) is not None
+
+
+async def test_a_withdrawal_does_not_wait_for_a_peer_that_never_answers() -> None:
+    """When a whole swarm stops, some peers holding the record are leaving too and never
+    answer; the withdrawal returns soon after the first peer took it, not after the RPC
+    timeout (which would hold every server's exit)."""
+    slow = replace(FAST, rpc_timeout=8.0, operation_timeout=15.0)
+    with trio.fail_after(40):
+        async with network(3, slow) as (boot, a, mute):
+            await a.announce(record_for(a.identity))
+            assert mute.dht.value_store.get(record_key(a.peer_id).encode()) is not None
+            heard = 0
+
+            async def never_answer(stream: object) -> None:
+                nonlocal heard
+                heard += 1
+                await trio.sleep_forever()
+
+            mute.host.set_stream_handler(KAD_PROTOCOL, never_answer)  # type: ignore[arg-type]
+            started = trio.current_time()
+            taken = await a.withdraw(linger=0.5)
+            took = trio.current_time() - started
+            assert heard >= 1  # the mute peer was asked
+            assert taken >= 1  # the bootstrap took it
+            assert took < 3.0, f"withdrawal took {took:.1f} s"
+            assert await boot.get_record(a.peer_id) is None
