@@ -143,6 +143,7 @@ class DHTNode:
         (multiaddrs ending /p2p/<id>), run until the block exits, then close the host.
         Raises ConfigError for a bad address, NetworkError if the port is taken."""
         config = config or DHTConfig()
+        quiet_libp2p_logging()
         peers = peer_infos(initial_peers)
         listen = tcp_multiaddr(listen_host, port)
         ensure_port_free(listen_host, port)
@@ -659,9 +660,14 @@ def _sole_leaf(group: BaseExceptionGroup) -> BaseException | None:
     return leaves[0] if len(leaves) == 1 else None
 
 
+_libp2p_logging_configured = False
+
+
 def configure_libp2p_logging(level: str) -> None:
     """py-libp2p logs routine peer failures as warnings and errors; show them only when
     debugging Plexus itself."""
+    global _libp2p_logging_configured
+    _libp2p_logging_configured = True
     libp2p_logger = logging.getLogger("libp2p")
     # Importing libp2p detaches its loggers (propagate=False, no handler: warnings reach
     # stderr through logging.lastResort); route them through the application's handlers.
@@ -675,6 +681,22 @@ def configure_libp2p_logging(level: str) -> None:
             handler.addFilter(_Libp2pFilter(threshold))
     # Its multiaddr dependency logs every address it parses at DEBUG: never useful.
     logging.getLogger("multiaddr").setLevel(logging.WARNING)
+
+
+def quiet_libp2p_logging() -> None:
+    """For programs using Plexus as a library, where no `plexus` command configured
+    logging: importing py-libp2p detaches its loggers, so its routine warnings ("Failed
+    to read DHT message from stream", a peer without pubsub) reach stderr through
+    `logging.lastResort`, dozens a minute. Route them through the application's own
+    handlers instead, and only critical ones unless Plexus' logger is at DEBUG (as the
+    `plexus` commands do). An application that gave the "libp2p" logger handlers of its
+    own keeps its setup."""
+    libp2p_logger = logging.getLogger("libp2p")
+    if _libp2p_logging_configured or libp2p_logger.handlers:
+        return
+    libp2p_logger.propagate = True
+    debugging = logging.getLogger("plexus").isEnabledFor(logging.DEBUG)
+    libp2p_logger.setLevel(logging.DEBUG if debugging else logging.CRITICAL)
 
 
 class _Libp2pFilter(logging.Filter):

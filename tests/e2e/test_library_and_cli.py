@@ -32,9 +32,11 @@ def test_examples_and_chat_cli(local_swarm: LocalSwarm, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     assert "blocks 0-4 on" in done.stdout and "blocks 5-7 on" in done.stdout
     assert "tokens/s" in done.stdout
+    quiet(done.stderr)
 
     done = run([sys.executable, str(EXAMPLES / "async_chat.py")], local_swarm, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
+    quiet(done.stderr)
     assert done.stdout.count("assistant:") == 2
     assert "refused: the prompt is empty" in done.stdout
 
@@ -76,6 +78,13 @@ def test_examples_and_chat_cli(local_swarm: LocalSwarm, tmp_path: Path) -> None:
     assert chat.stdout.count("model> ") == 2
     assert "(conversation forgotten)" in chat.stderr
     assert chat.stderr.count("tokens/s") == 2
+
+
+def quiet(stderr: str) -> None:
+    """A script using the library sees none of py-libp2p's routine peer warnings (its
+    loggers bypass the application's logging setup unless Plexus routes them)."""
+    noise = [line for line in stderr.splitlines() if "Failed to" in line or "libp2p" in line]
+    assert not noise, "\n".join(noise[:10])
 
 
 def test_demo_runs_a_swarm_and_survives_a_kill(tmp_path: Path) -> None:
