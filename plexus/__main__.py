@@ -1,5 +1,3 @@
-import sys
+from plexus.cli import entry
 
-from plexus.cli import main
-
-sys.exit(main())
+entry()
