@@ -64,21 +64,21 @@ def test_two_and_three_servers_equal_generate(
 ) -> None:
     folder = model_dirs[family]
     n = AutoModelForCausalLM.from_pretrained(folder).config.num_hidden_layers
-    two = [f"0-{n // 2 - 1}", f"{n // 2}-{n - 1}"]
     a, b = n // 3, 2 * n // 3
-    three = [f"0-{a - 1}", f"{a}-{b - 1}", f"{b}-{n - 1}"]
-    procs = start_servers(local_swarm, str(folder), two + three)
-    two_ids = [p.peer_id for p in procs[:2]]
-    three_ids = [p.peer_id for p in procs[2:]]
+    # Four servers give both chains: the first third's server starts each of them,
+    # then the rest in one span (2 servers) or in two thirds (3 servers).
+    spans = [f"0-{a - 1}", f"{a}-{n - 1}", f"{a}-{b - 1}", f"{b}-{n - 1}"]
+    procs = start_servers(local_swarm, str(folder), spans)
+    first, rest, middle, last = (p.peer_id for p in procs)
     prompt = torch.randint(3, 90, (9,), generator=torch.Generator().manual_seed(7)).tolist()
     expected = reference(folder, prompt, NEW_TOKENS)
     assert len(set(expected)) > 2
     boot = local_swarm.initial_peers[0]
     # Servers publish round trips to the servers holding the blocks after theirs.
-    pairs = [(two_ids[0], two_ids[1]), (three_ids[1], three_ids[2])]
+    pairs = [(first, rest), (first, middle), (middle, last)]
     rtts = trio.run(published_rtts, boot, folder, tmp_path / "c", pairs)
     assert all(0 < rtt < 1000 for rtt in rtts)
-    for use, avoid in ((two_ids, three_ids), (three_ids, two_ids)):
+    for use, avoid in (([first, rest], [middle, last]), ([first, middle, last], [rest])):
         for forwarding in (True, False):
             tokens, route, legs = trio.run(
                 generate_via, boot, folder, tmp_path / "c", prompt, len(procs), avoid, forwarding
