@@ -19,15 +19,15 @@ exit_now(3)
 """
 
 
+def run_python(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
 def test_exit_now_flushes_joins_and_keeps_the_status(tmp_path) -> None:  # type: ignore[no-untyped-def]
     log = tmp_path / "log.txt"
-    done = subprocess.run(
-        [sys.executable, "-c", PROGRAM.format(log=str(log))],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = run_python("-c", PROGRAM.format(log=str(log)))
     assert done.returncode == 3, done.stderr[-2000:]
     assert done.stdout.count("buffered") == 2000
     assert "thread finished" in done.stdout
@@ -36,20 +36,8 @@ def test_exit_now_flushes_joins_and_keeps_the_status(tmp_path) -> None:  # type:
 
 
 def test_the_executable_exits_with_the_commands_status() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "plexus", "no-such-command"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = run_python("-m", "plexus", "no-such-command")
     assert done.returncode == 2
     assert "invalid choice" in done.stderr
-    ok = subprocess.run(
-        [sys.executable, "-m", "plexus", "--version"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    ok = run_python("-m", "plexus", "--version")
     assert ok.returncode == 0 and ok.stdout.startswith("plexus ")

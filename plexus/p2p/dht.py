@@ -660,14 +660,9 @@ def _sole_leaf(group: BaseExceptionGroup) -> BaseException | None:
     return leaves[0] if len(leaves) == 1 else None
 
 
-_libp2p_logging_configured = False
-
-
 def configure_libp2p_logging(level: str) -> None:
     """py-libp2p logs routine peer failures as warnings and errors; show them only when
     debugging Plexus itself."""
-    global _libp2p_logging_configured
-    _libp2p_logging_configured = True
     libp2p_logger = logging.getLogger("libp2p")
     # Importing libp2p detaches its loggers (propagate=False, no handler: warnings reach
     # stderr through logging.lastResort); route them through the application's handlers.
@@ -690,9 +685,10 @@ def quiet_libp2p_logging() -> None:
     `logging.lastResort`, dozens a minute. Route them through the application's own
     handlers instead, and only critical ones unless Plexus' logger is at DEBUG (as the
     `plexus` commands do). An application that gave the "libp2p" logger handlers of its
-    own keeps its setup."""
+    own keeps its setup, as does one where configure_libp2p_logging() already ran (both
+    leave the logger attached or with handlers: it is detached only as py-libp2p left it)."""
     libp2p_logger = logging.getLogger("libp2p")
-    if _libp2p_logging_configured or libp2p_logger.handlers:
+    if libp2p_logger.propagate or libp2p_logger.handlers:
         return
     libp2p_logger.propagate = True
     debugging = logging.getLogger("plexus").isEnabledFor(logging.DEBUG)
