@@ -76,12 +76,14 @@ class SpanModel(nn.Module):
         new_tokens = hidden.shape[1]
         position_ids = position_ids_from_mask(mask2d, new_tokens)
         kinds = [self.layer_types[i] for i in blocks]
-        masks = {}
+        masks: dict[str, torch.Tensor | None] = {}
+        if self._sees_everything(mask2d, new_tokens):
+            masks["full_attention"] = None  # what create_causal_mask returns, 0.25 ms sooner
         for kind, make_mask in (
             ("full_attention", create_causal_mask),
             ("sliding_attention", create_sliding_window_causal_mask),
         ):
-            if kind in kinds:  # masks are sized by the first cache slot of that kind
+            if kind in kinds and kind not in masks:  # sized by the kind's first cache slot
                 masks[kind] = make_mask(
                     config=self.config,
                     inputs_embeds=hidden,
@@ -101,6 +103,13 @@ class SpanModel(nn.Module):
                 position_embeddings=position_embeddings,
             )
         return hidden
+
+    def _sees_everything(self, mask2d: torch.Tensor, new_tokens: int) -> bool:
+        """Whether one new token of unpadded sequences attends to every cached position
+        under full attention: transformers' sdpa masking then gives no mask at all, and
+        building it only to learn that costs each decode step 0.23-0.27 ms on a CPU
+        (measured on the 2-core build machine)."""
+        return new_tokens == 1 and self.config._attn_implementation == "sdpa" and bool(mask2d.all())
 
     @property
     def num_blocks(self) -> int:

@@ -7,10 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
+from transformers.masking_utils import create_causal_mask
 
 from plexus.models import load_head, load_span
 from plexus.models.local_chain import LocalChain
 from plexus.models.resolve import load_config
+from plexus.models.span import position_ids_from_mask
 from tests.model_fixtures import FAMILY_NAMES
 
 DECODE_STEPS = 24
@@ -95,3 +97,46 @@ def test_prefill_logits_match_full_forward(model_dirs: dict[str, Path], family: 
     for span in lc.spans:
         hidden = span(hidden, torch.ones_like(ids))
     assert (lc.head.logits(hidden) - full).abs().max().item() <= TOLERANCE
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_decode_steps_skip_only_the_mask_transformers_would_not_build(
+    model_dirs: dict[str, Path], family: str
+) -> None:
+    """A decode step of unpadded sequences passes no full-attention mask (as transformers'
+    sdpa masking decides); the outputs are bit for bit those of building it."""
+    folder = model_dirs[family]
+    n = load_config(folder).num_hidden_layers
+    span = load_span(folder, 0, n - 1, progress=False)
+    gen = torch.Generator().manual_seed(3)
+    hidden = torch.randn(2, 6, span.config.hidden_size, generator=gen)
+    steps = [torch.randn(2, 1, span.config.hidden_size, generator=gen) for _ in range(4)]
+    padded = torch.tensor([[0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+    for prefix_mask in (torch.ones(2, 6, dtype=torch.long), padded):
+        outputs = []
+        for skip in (True, False):
+            if skip:
+                span.__dict__.pop("_sees_everything", None)
+            else:
+                span._sees_everything = lambda m, t: False  # type: ignore[method-assign]
+            cache = span.new_cache()
+            mask = prefix_mask
+            outs = [span(hidden, mask, cache)]
+            for x in steps:
+                mask = torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], dim=1)
+                if skip and bool(mask.all()):  # what transformers decides for this step
+                    assert (
+                        create_causal_mask(
+                            config=span.config,
+                            inputs_embeds=x,
+                            attention_mask=mask,
+                            cache=cache,
+                            position_ids=position_ids_from_mask(mask, 1),
+                            layer_idx=0,
+                        )
+                        is None
+                    )
+                outs.append(span(x, mask, cache))
+            outputs.append(outs)
+        for fast, built in zip(*outputs, strict=True):
+            assert torch.equal(fast, built)
