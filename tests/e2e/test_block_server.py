@@ -11,6 +11,7 @@ import torch
 import trio
 
 from plexus.client import AsyncClient
+from plexus.client.pool import ConnectionPool
 from plexus.identity import Identity
 from plexus.local_swarm import LocalSwarm
 from plexus.p2p.dataplane import Message, RemoteError
@@ -134,12 +135,15 @@ async def _exhaust_cache(boot: str, data_dir: Path) -> None:
         result = await c.generate_ids([1, 2, 3], max_new_tokens=5, eos=False)
         assert len(result.token_ids) == 5
         # A client that disconnects leaves no sessions behind: its cache is free again.
+        # Another client watches: were this one to reconnect at once, the server could
+        # see the new connection before the old one's end, and rightly keep its sessions.
         await c.swarm.pool.drop(server.peer_id)
-        conn = await c.swarm.pool.get(server.peer_id, server.address)
-        with trio.fail_after(10):
-            while (await conn.request(Message("info"), timeout=10)).fields["sessions"]:
-                await trio.sleep(0.1)
-        await conn.request(hog, timeout=10)
+        async with ConnectionPool.open(Identity.generate()) as other:
+            conn = await other.get(server.peer_id, server.address)
+            with trio.fail_after(10):
+                while (await conn.request(Message("info"), timeout=10)).fields["sessions"]:
+                    await trio.sleep(0.1)
+            await conn.request(hog, timeout=10)
 
 
 def test_cache_exhausted_is_reported_and_others_are_served(
