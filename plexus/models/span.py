@@ -1,7 +1,8 @@
 """A contiguous span of decoder blocks, run on hidden states.
 
 `SpanModel.forward` is the whole forward pass of a span: masks against this span's own
-cache, rotary embeddings, then the blocks in order. The blocks are built with *local*
+cache, rotary embeddings, then the blocks in order (a decode step that needs no mask
+calls the blocks' operations directly: `decode_step`). The blocks are built with *local*
 indices 0..n-1 and a span config whose `num_hidden_layers` is n, so a fresh
 `DynamicCache(config=span.config)` has exactly one slot per block (transformers pitfall:
 a global index would make the cache allocate, and report, the wrong layers).
@@ -17,6 +18,7 @@ from transformers import PretrainedConfig
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
+from plexus.models.decode_step import applies, decode_layer
 from plexus.models.families import Family, family_of, layer_types
 
 
@@ -95,8 +97,14 @@ class SpanModel(nn.Module):
                 layer_idx=blocks[kinds.index(kind)],
             )
         position_embeddings = self.rotary_emb(hidden, position_ids)
+        decode = new_tokens == 1 and cache is not None
+        cos, sin = (t.unsqueeze(1) for t in position_embeddings)
         for i, kind in zip(blocks, kinds, strict=True):
-            hidden = self.layers[i](
+            layer = self.layers[i]
+            if decode and masks[kind] is None and applies(layer):  # what it would run, unwrapped
+                hidden = decode_layer(layer, hidden, cos, sin, cache)  # type: ignore[arg-type]
+                continue
+            hidden = layer(
                 hidden,
                 attention_mask=masks[kind],
                 position_ids=position_ids,

@@ -9,7 +9,8 @@ import torch
 from transformers import AutoModelForCausalLM
 from transformers.masking_utils import create_causal_mask
 
-from plexus.models import load_head, load_span
+import plexus.models.span as span_module
+from plexus.models import decode_step, load_head, load_span
 from plexus.models.local_chain import LocalChain
 from plexus.models.resolve import load_config
 from plexus.models.span import position_ids_from_mask
@@ -140,3 +141,47 @@ def test_decode_steps_skip_only_the_mask_transformers_would_not_build(
             outputs.append(outs)
         for fast, built in zip(*outputs, strict=True):
             assert torch.equal(fast, built)
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_unmasked_decode_steps_run_the_layers_operations_bit_for_bit(
+    model_dirs: dict[str, Path], family: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Decode steps that need no mask call the layers' operations directly
+    (`decode_step`); every output is bit for bit that of transformers' own layers, for
+    unpadded and padded batches, past the sliding windows, with grouped-query attention."""
+    folder = model_dirs[family]
+    n = load_config(folder).num_hidden_layers
+    span = load_span(folder, 0, n - 1, progress=False)
+    assert span.layers[0].self_attn.num_key_value_groups > 1  # grouped attention covered
+    gen = torch.Generator().manual_seed(5)
+    hidden = torch.randn(2, 6, span.config.hidden_size, generator=gen)
+    steps = [torch.randn(2, 1, span.config.hidden_size, generator=gen) for _ in range(8)]
+    padded = torch.tensor([[0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+    direct_calls = 0
+
+    def counted(*args: object, **kwargs: object) -> torch.Tensor:
+        nonlocal direct_calls
+        direct_calls += 1
+        return decode_step.decode_layer(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(span_module, "decode_layer", counted)
+    for prefix_mask in (torch.ones(2, 6, dtype=torch.long), padded):
+        outputs = []
+        for direct in (True, False):
+            monkeypatch.setattr(
+                span_module, "applies", decode_step.applies if direct else lambda _: False
+            )
+            cache = span.new_cache()
+            mask = prefix_mask
+            outs = [span(hidden, mask, cache)]
+            for x in steps:
+                mask = torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], dim=1)
+                outs.append(span(x, mask, cache))
+            outputs.append(outs)
+        for direct, wrapped in zip(*outputs, strict=True):
+            assert torch.equal(direct, wrapped)
+    if family in ("tiny", "llama"):  # full attention, unpadded: every block, every step
+        assert direct_calls == len(steps) * n
+    if family != "mistral":  # every Mistral layer slides past its window: masked
+        assert direct_calls > 0
