@@ -81,10 +81,23 @@ class StepRecord:
 
 
 @dataclass
+class Prechecked:
+    """The inputs hash of a step not yet answered, computed while the client waits
+    (`Auditor.precheck`), with the running hasher it continued and the one it gives."""
+
+    hidden: torch.Tensor
+    mask: torch.Tensor
+    base: InputsHasher | None
+    hasher: InputsHasher
+    digest: bytes
+
+
+@dataclass
 class HopAudit:
     """Per-hop verification state (kept on `HopState.audit`)."""
 
     hasher: InputsHasher | None = None
+    prechecked: Prechecked | None = None
     records: list[StepRecord] = field(default_factory=list)
     outputs: list[torch.Tensor] = field(default_factory=list)
     audited: int = 0  # positions before this were audited (or skipped) already
@@ -255,12 +268,9 @@ class Auditor:
         """Verify a step reply's commitment; raises NetworkError when it is wrong."""
         audit = state.audit
         position = state.length
-        if audit.hasher is None or position == 0:
-            audit.hasher = InputsHasher(hidden.shape[0], hidden.shape[2])
-        hasher = audit.hasher.copy()  # becomes the session's once the reply checked out
-        digest = hasher.update(hidden, mask)
+        pre = self.precheck(state, hidden, mask)
         peer = state.hop.peer_id
-        signed, commitment = self._read_commitment(reply.fields, peer, digest)
+        signed, commitment = self._read_commitment(reply.fields, peer, pre.digest)
         if (
             commitment.kind != Kind.STEP
             or commitment.model != model_tag(self.swarm.model_id)
@@ -272,9 +282,24 @@ class Auditor:
             raise NetworkError(f"{peer} committed to something else than it returned")
         if not bool(torch.isfinite(out).all()):
             raise NetworkError(f"{peer} returned non-finite hidden states")
-        audit.hasher = hasher
-        audit.records.append(StepRecord(position, hidden.shape[1], digest, signed, commitment))
+        audit.hasher, audit.prechecked = pre.hasher, None  # the session's from now on
+        audit.records.append(StepRecord(position, hidden.shape[1], pre.digest, signed, commitment))
         audit.tokens_sent += hidden.shape[0] * hidden.shape[1]
+
+    def precheck(self, state: HopState, hidden: torch.Tensor, mask: torch.Tensor) -> Prechecked:
+        """The inputs hash `check_step` will need for a step on `hidden`. The client
+        computes it while it waits anyway (a hop's input arrives while the hop before it
+        is still answering, and the client's core is idle during that hop's compute);
+        `check_step` reuses it for the same tensors and state, else computes it then."""
+        audit = state.audit
+        base = None if state.length == 0 else audit.hasher
+        pre = audit.prechecked
+        if pre is None or pre.hidden is not hidden or pre.mask is not mask or pre.base is not base:
+            hasher = InputsHasher(hidden.shape[0], hidden.shape[2]) if base is None else base.copy()
+            pre = audit.prechecked = Prechecked(
+                hidden, mask, base, hasher, hasher.update(hidden, mask)
+            )
+        return pre
 
     def _read_commitment(
         self, fields: dict[str, Any], peer: str, digest: bytes
@@ -304,7 +329,7 @@ class Auditor:
         audit.records = [r for r, _ in kept]
         audit.outputs = [o for _, o in kept]
         audit.audited = min(audit.audited, length)
-        audit.hasher = None
+        audit.hasher, audit.prechecked = None, None
         if length:
             x, m = state.history()
             audit.hasher = InputsHasher(x.shape[0], x.shape[2])

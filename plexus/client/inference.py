@@ -275,6 +275,8 @@ class InferenceSession:
                         else:  # the server could not reach the next one: relay that leg
                             self.relayed_legs += 1
                             await self._push(hops[index], x, mask)
+                        if self.auditor is not None:  # while the next server computes
+                            self.auditor.precheck(hops[index], x, mask)
             except NetworkError as exc:
                 failure = exc
             nursery.cancel_scope.cancel()  # requests still out are answered to nobody
