@@ -20,12 +20,12 @@ MAX_GQA_HEAD_DIM = 256  # transformers' sdpa runs grouped attention natively up 
 
 
 def applies(layer: nn.Module) -> bool:
-    """Whether `layer`'s unmasked single-token step is the one below."""
+    """Whether `layer`'s unmasked single-token step under sdpa attention is the one below
+    (the caller checks the attention implementation, once a step: reading it from a
+    transformers config costs microseconds)."""
     attention = layer.self_attn
-    return (
-        attention.config._attn_implementation == "sdpa"
-        and not layer.training
-        and (attention.num_key_value_groups == 1 or attention.head_dim <= MAX_GQA_HEAD_DIM)
+    return not layer.training and (
+        attention.num_key_value_groups == 1 or attention.head_dim <= MAX_GQA_HEAD_DIM
     )
 
 

@@ -97,7 +97,8 @@ class SpanModel(nn.Module):
                 layer_idx=blocks[kinds.index(kind)],
             )
         position_embeddings = self.rotary_emb(hidden, position_ids)
-        decode = new_tokens == 1 and cache is not None
+        sdpa = self.config._attn_implementation == "sdpa"
+        decode = new_tokens == 1 and cache is not None and sdpa
         cos, sin = (t.unsqueeze(1) for t in position_embeddings)
         for i, kind in zip(blocks, kinds, strict=True):
             layer = self.layers[i]

@@ -222,8 +222,13 @@ class SpanBackend:
         return await self._submit(job)  # type: ignore[return-value]
 
     @property
-    def span_dtype(self) -> torch.dtype:
-        return next(self.span.parameters()).dtype
+    def span(self) -> SpanModel:
+        return self._span
+
+    @span.setter
+    def span(self, span: SpanModel) -> None:
+        self._span = span
+        self.span_dtype: torch.dtype = next(span.parameters()).dtype  # read every step
 
     def check_hidden(self, hidden: torch.Tensor, batch: int | None) -> None:
         size = self.span.config.hidden_size
