@@ -1,8 +1,9 @@
 """`plexus serve` end to end: choose and load a span, measure it, serve and announce it.
 
 Lifecycle: load (progress bar) -> measure throughput (cached) -> open the DHT node and
-the data plane -> print multiaddrs -> announce every period and whenever load or free
-cache changes -> on SIGINT/SIGTERM stop taking sessions, withdraw, exit 0.
+the data plane -> print multiaddrs -> announce every period and when load or free cache
+changes (at most every CHANGE_MIN_GAP_S) -> on SIGINT/SIGTERM stop taking sessions,
+withdraw, exit 0.
 """
 
 from __future__ import annotations
@@ -40,6 +41,13 @@ from plexus.server.verifier import ServerVerifier
 from plexus.verification import NETWORK_ID
 
 log = logging.getLogger(__name__)
+
+CHANGE_MIN_GAP_S = 5.0
+"""A change of sessions, free cache or neighbours is announced at most this long (or half
+the announce period, if shorter) after the previous announcement started; changes in
+between go out together. Announcing costs CPU (a signature, a DHT walk and stores, in
+Python) that a span computing on the same cores feels: announcing every session's open
+and close slowed the prefill steps after them up to 3x on 2 cores (docs/performance.md)."""
 
 
 @dataclass
@@ -308,15 +316,17 @@ async def _announce_loop(
 ) -> None:
     """Announce every `period` (counted from the start of the previous announcement, so
     a slow DHT does not stretch the interval past the record's lifetime), and soon after
-    the number of sessions or the free cache changes. Announcements run in the
-    background, at most two at a time, so one stuck on a dead peer does not delay the
-    next."""
+    the number of sessions or the free cache changes (but see CHANGE_MIN_GAP_S).
+    Announcements run in the background, at most two at a time, so one stuck on a dead
+    peer does not delay the next."""
 
     def state() -> tuple[int, int, frozenset[str]]:
         return len(backend.sessions), backend.free_cache_tokens, frozenset(neighbours_measured())
 
     last_state = state()
     next_due = trio.current_time() + period
+    last_started = float("-inf")
+    change_gap = min(CHANGE_MIN_GAP_S, period / 2)
     in_flight = 0
 
     async def announce_once() -> None:
@@ -341,8 +351,9 @@ async def _announce_loop(
             await trio.sleep_until(min(next_due, trio.current_time() + 0.5))
             current = state()
             now = trio.current_time()
-            if (current != last_state or now >= next_due) and in_flight < 2:
-                last_state, next_due = current, now + period
+            changed = current != last_state and now - last_started >= change_gap
+            if (changed or now >= next_due) and in_flight < 2:
+                last_state, next_due, last_started = current, now + period, now
                 nursery.start_soon(announce_once)
 
 
