@@ -99,7 +99,8 @@ class SpanModel(nn.Module):
         position_embeddings = self.rotary_emb(hidden, position_ids)
         sdpa = self.config._attn_implementation == "sdpa"
         decode = new_tokens == 1 and cache is not None and sdpa
-        cos, sin = (t.unsqueeze(1) for t in position_embeddings)
+        if decode:  # the rotary tables as decode_layer takes them
+            cos, sin = (t.unsqueeze(1) for t in position_embeddings)
         for i, kind in zip(blocks, kinds, strict=True):
             layer = self.layers[i]
             if decode and masks[kind] is None and applies(layer):  # what it would run, unwrapped

@@ -324,8 +324,7 @@ async def _announce_loop(
         return len(backend.sessions), backend.free_cache_tokens, frozenset(neighbours_measured())
 
     last_state = state()
-    next_due = trio.current_time() + period
-    last_started = float("-inf")
+    next_due = trio.current_time() + period  # a period after the last one started
     change_gap = min(CHANGE_MIN_GAP_S, period / 2)
     in_flight = 0
 
@@ -351,9 +350,9 @@ async def _announce_loop(
             await trio.sleep_until(min(next_due, trio.current_time() + 0.5))
             current = state()
             now = trio.current_time()
-            changed = current != last_state and now - last_started >= change_gap
+            changed = current != last_state and now - (next_due - period) >= change_gap
             if (changed or now >= next_due) and in_flight < 2:
-                last_state, next_due, last_started = current, now + period, now
+                last_state, next_due = current, now + period
                 nursery.start_soon(announce_once)
 
 
