@@ -35,6 +35,7 @@ from plexus.p2p.dataplane import Limits
 from plexus.p2p.dht import DHTNode
 from plexus.p2p.ledger_gossip import LedgerGossip
 from plexus.paths import default_data_dir
+from plexus.receipt_writer import Activity, ReceiptWriter
 from plexus.verification import NETWORK_ID
 from plexus.verification.proofs import check_fraud_proof
 
@@ -125,19 +126,30 @@ class AsyncClient:
                 yield cls(files, head, tokenizer, swarm, forwarding=forwarding)
                 return
             store = await trio.to_thread.run_sync(lambda: open_ledger(data))
+            writer = ReceiptWriter(store, Activity())  # receipts wait for a quiet moment
             try:
-                async with (
-                    LedgerGossip.open(node.host, store, check_fraud_proof) as gossip,
-                    trio.open_nursery() as background,  # closes after its receipts are kept
-                ):
-                    auditor = Auditor(
-                        identity, swarm, store, publish=gossip.publish, background=background
-                    )
-                    try:
-                        yield cls(files, head, tokenizer, swarm, auditor, forwarding=forwarding)
-                    finally:
-                        # Receipts still waiting to be gossiped go out before the mesh closes.
-                        background.start_soon(auditor.flush_gossip, True)
+                async with trio.open_nursery() as writing:
+                    writing.start_soon(writer.run)
+                    async with (
+                        LedgerGossip.open(node.host, store, check_fraud_proof) as gossip,
+                        trio.open_nursery() as background,  # closes after its receipts are kept
+                    ):
+                        auditor = Auditor(
+                            identity,
+                            swarm,
+                            store,
+                            publish=gossip.publish,
+                            background=background,
+                            writer=writer,
+                        )
+                        try:
+                            yield cls(files, head, tokenizer, swarm, auditor, forwarding=forwarding)
+                        finally:
+                            # Receipts still waiting are stored now, and gossiped before
+                            # the mesh closes.
+                            writer.hurry()
+                            background.start_soon(auditor.flush_gossip, True)
+                    writing.cancel_scope.cancel()
             finally:
                 store.close()
 

@@ -42,6 +42,7 @@ from ledger.signing import verify as verify_signature
 from plexus.errors import NetworkError
 from plexus.identity import Identity, peer_id_of, public_key_of
 from plexus.p2p.dataplane import Message
+from plexus.receipt_writer import Activity, ReceiptWriter
 from plexus.verification import NETWORK_ID
 from plexus.verification.commitments import (
     Commitment,
@@ -180,6 +181,7 @@ class Auditor:
         floor: float = 0.02,
         publish: Callable[[str, bytes], Awaitable[None]] | None = None,
         background: trio.Nursery | None = None,
+        writer: ReceiptWriter | None = None,
     ) -> None:
         self.identity = identity
         self.swarm = swarm
@@ -188,6 +190,9 @@ class Auditor:
         self.floor = floor
         self.publish = publish  # (topic kind, bytes) -> gossip, when a gossip layer runs
         self.background = background  # stores and gossips receipts off the critical path
+        # Sessions' steps mark it busy; `writer` (if any) stores receipts when it is quiet.
+        self.activity = writer.activity if writer is not None else Activity()
+        self.writer = writer
         self.clean: dict[str, int] = {}
         self.caught_at: dict[str, float] = {}
         self.convicted: set[str] = set()
@@ -368,20 +373,31 @@ class Auditor:
             log.warning("%s sent a receipt with a bad signature: %s", peer, exc)
             return {}
         if self.background is not None:  # the next step need not wait for the disk
-            self.background.start_soon(self._keep, peer, signed, final)
+            self.background.start_soon(self._keep, peer, signed, final, self.writer)
         elif not await self._keep(peer, signed, final):
             return {}
         return {"receipt_seq": receipt.seq, "client_sig": signed.client_signature.hex()}
 
-    async def _keep(self, peer: str, signed: SignedReceipt, final: bool = False) -> bool:
-        """Store a countersigned receipt in this client's ledger; gossip it in due course."""
+    async def _keep(
+        self,
+        peer: str,
+        signed: SignedReceipt,
+        final: bool = False,
+        writer: ReceiptWriter | None = None,
+    ) -> bool:
+        """Store a countersigned receipt in this client's ledger; gossip it in due course.
+        With `writer`, the receipt is stored at the client's next quiet moment (only for a
+        task that no step waits for)."""
         if self.ledger is not None:
             ledger = self.ledger
             try:
-                with trio.CancelScope(shield=True):  # a started write always finishes
-                    await trio.to_thread.run_sync(
-                        ledger.add_receipt, signed, limiter=self._ledger_limiter
-                    )
+                if writer is not None:  # at the next quiet moment (receipt_writer)
+                    await writer.store_receipt(signed)
+                else:
+                    with trio.CancelScope(shield=True):  # a started write always finishes
+                        await trio.to_thread.run_sync(
+                            ledger.add_receipt, signed, limiter=self._ledger_limiter
+                        )
             except LedgerError as exc:
                 log.warning("could not store %s's receipt: %s", peer, exc)
                 return False

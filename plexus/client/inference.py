@@ -161,6 +161,18 @@ class InferenceSession:
         returned only once the commitment checked out. `while_waiting()` (say, pulling
         the LM head into the CPU's cache) runs once, while the client waits for the last
         server, if that wait is expected to last at least twice as long as it does."""
+        if self.auditor is None:
+            return await self._step_and(hidden, then, mask, while_waiting)
+        with self.auditor.activity:  # the client's receipts wait until it is quiet
+            return await self._step_and(hidden, then, mask, while_waiting)
+
+    async def _step_and(
+        self,
+        hidden: torch.Tensor,
+        then: Callable[[torch.Tensor], T] | None,
+        mask: torch.Tensor | None,
+        while_waiting: Callable[[], object] | None,
+    ) -> tuple[torch.Tensor, T | None]:
         if not self.hops:
             await self.open()
         if mask is None:

@@ -28,6 +28,7 @@ from plexus.models.batching import batched_decode, can_batch
 from plexus.models.session import SpanSession, stateless_forward
 from plexus.models.span import SpanModel
 from plexus.p2p.dataplane.codes import ErrorCode
+from plexus.receipt_writer import Activity
 from plexus.server.errors import ServerCode, ServerError
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,7 @@ class SpanBackend:
         self.inline_max_tokens = inline_max_tokens
         self._busy = False  # a job is running (in the worker thread or inline)
         self.inline_steps = 0
+        self.activity = Activity()  # background work (ledger writes) waits for quiet
 
     def replace_span(self, span: SpanModel) -> None:
         """Serve other blocks (rebalancing); only allowed while no session is open."""
@@ -248,7 +250,8 @@ class SpanBackend:
         if self._may_run_inline(job):
             self._busy = True
             try:
-                result = job.run()
+                with self.activity:
+                    result = job.run()
             finally:
                 self._busy = False
                 self.steps += 1
@@ -281,17 +284,8 @@ class SpanBackend:
             jobs = self._take_batch()
             self._busy = True
             try:
-                if len(jobs) > 1:
-                    sessions = [j.decode[0].model for j in jobs if j.decode]
-                    hiddens = [j.decode[1] for j in jobs if j.decode]
-                    results = await trio.to_thread.run_sync(
-                        lambda s=sessions, h=hiddens: batched_decode(s, h), limiter=limiter
-                    )
-                    for job, result in zip(jobs, results, strict=True):
-                        job.result = result
-                    self.batched_steps += len(jobs)
-                else:
-                    jobs[0].result = await trio.to_thread.run_sync(jobs[0].run, limiter=limiter)
+                with self.activity:
+                    await self._run_jobs(jobs, limiter)
             except Exception as exc:  # reported to the waiting request, never fatal here
                 for job in jobs:
                     job.error = exc
@@ -300,6 +294,19 @@ class SpanBackend:
             self.steps += len(jobs)
             for job in jobs:
                 job.done.set()
+
+    async def _run_jobs(self, jobs: list[_Job], limiter: trio.CapacityLimiter) -> None:
+        if len(jobs) > 1:
+            sessions = [j.decode[0].model for j in jobs if j.decode]
+            hiddens = [j.decode[1] for j in jobs if j.decode]
+            results = await trio.to_thread.run_sync(
+                lambda s=sessions, h=hiddens: batched_decode(s, h), limiter=limiter
+            )
+            for job, result in zip(jobs, results, strict=True):
+                job.result = result
+            self.batched_steps += len(jobs)
+        else:
+            jobs[0].result = await trio.to_thread.run_sync(jobs[0].run, limiter=limiter)
 
     def _next_index(self) -> int:
         """Highest balance first (oldest among equals); a free-lane share for the rest."""

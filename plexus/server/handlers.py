@@ -253,7 +253,9 @@ class BlockServerHandlers:
         if self.verifier is None:
             raise ServerError(ServerCode.MALFORMED_REQUEST, "this server issues no receipts")
         f = message.fields
-        stored = await self.verifier.countersigned(peer_id, _str(f, "session_id", 64), f)
+        # Stored at the server's next quiet moment (receipt_writer): the reply does not wait.
+        session_id = _str(f, "session_id", 64)
+        stored = await self.verifier.countersigned(peer_id, session_id, f, self.background)
         return Message("receipt", {"stored": stored})
 
     async def on_forward(self, peer_id: str, message: Message) -> Message:

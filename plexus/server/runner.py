@@ -30,6 +30,7 @@ from plexus.models.resolve import ModelFiles
 from plexus.p2p.dataplane import Limits, serve_dataplane
 from plexus.p2p.dht import DHTNode
 from plexus.p2p.records import ServerRecord, make_record
+from plexus.receipt_writer import QUIET_S, ReceiptWriter
 from plexus.server import memory, neighbours
 from plexus.server.accounting import BalanceBook
 from plexus.server.backend import SpanBackend
@@ -48,6 +49,10 @@ the announce period, if shorter) after the previous announcement started; change
 between go out together. Announcing costs CPU (a signature, a DHT walk and stores, in
 Python) that a span computing on the same cores feels: announcing every session's open
 and close slowed the prefill steps after them up to 3x on 2 cores (docs/performance.md)."""
+
+CHANGE_MAX_WAIT_S = 15.0
+"""A change also waits for a quiet moment (no step for `receipt_writer.QUIET_S`), but at
+most this long: a server busy with back-to-back sessions announces between them."""
 
 
 @dataclass
@@ -204,6 +209,8 @@ async def serve(opts: ServeOptions, announce_ready: Callable[[dict], None]) -> i
             nursery.start_soon(backend.run)
             nursery.start_soon(backend.reap_idle)
             if verifier.ledger is not None:
+                verifier.writer = ReceiptWriter(verifier.ledger, backend.activity)
+                nursery.start_soon(verifier.writer.run)  # stores what waits when cancelled
                 nursery.start_soon(_gossip, node, verifier)
                 balances = BalanceBook(verifier.ledger)
                 backend.priority = balances
@@ -316,7 +323,8 @@ async def _announce_loop(
 ) -> None:
     """Announce every `period` (counted from the start of the previous announcement, so
     a slow DHT does not stretch the interval past the record's lifetime), and soon after
-    the number of sessions or the free cache changes (but see CHANGE_MIN_GAP_S).
+    the number of sessions or the free cache changes (but see CHANGE_MIN_GAP_S and
+    CHANGE_MAX_WAIT_S).
     Announcements run in the background, at most two at a time, so one stuck on a dead
     peer does not delay the next."""
 
@@ -326,6 +334,7 @@ async def _announce_loop(
     last_state = state()
     next_due = trio.current_time() + period  # a period after the last one started
     change_gap = min(CHANGE_MIN_GAP_S, period / 2)
+    changed_at: float | None = None  # when the state first differed from the announced one
     in_flight = 0
 
     async def announce_once() -> None:
@@ -350,9 +359,19 @@ async def _announce_loop(
             await trio.sleep_until(min(next_due, trio.current_time() + 0.5))
             current = state()
             now = trio.current_time()
-            changed = current != last_state and now - (next_due - period) >= change_gap
+            if current == last_state:
+                changed_at = None
+            elif changed_at is None:
+                changed_at = now
+            changed = (
+                changed_at is not None
+                and now - (next_due - period) >= change_gap
+                and (
+                    backend.activity.quiet_for() >= QUIET_S or now - changed_at >= CHANGE_MAX_WAIT_S
+                )
+            )
             if (changed or now >= next_due) and in_flight < 2:
-                last_state, next_due = current, now + period
+                last_state, next_due, changed_at = current, now + period, None
                 nursery.start_soon(announce_once)
 
 

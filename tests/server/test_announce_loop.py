@@ -10,20 +10,38 @@ from types import SimpleNamespace
 import trio
 import trio.testing
 
-from plexus.server.runner import CHANGE_MIN_GAP_S, _announce_loop
+from plexus.receipt_writer import QUIET_S
+from plexus.server.runner import CHANGE_MAX_WAIT_S, CHANGE_MIN_GAP_S, _announce_loop
 
 PERIOD = 30.0
 
 
+class Activity:
+    """Steps run (the server is not quiet) from `busy_from` to `busy_until`, mock time."""
+
+    def __init__(self, busy_from: float, busy_until: float) -> None:
+        self.busy_from, self.busy_until = busy_from, busy_until
+
+    def quiet_for(self) -> float:
+        now = trio.current_time()
+        if now < self.busy_from:
+            return float("inf")
+        return max(0.0, now - self.busy_until)
+
+
 class Backend:
-    def __init__(self) -> None:
+    def __init__(self, activity: Activity) -> None:
         self.sessions: dict[str, object] = {}
         self.free_cache_tokens = 1000
+        self.activity = activity
 
 
-def run_loop(script: list[tuple[float, int]], until: float) -> list[float]:
-    """Announcement times while the number of sessions follows `script` (time, count)."""
-    backend = Backend()
+def run_loop(
+    script: list[tuple[float, int]], until: float, busy: tuple[float, float] = (1e9, 1e9)
+) -> list[float]:
+    """Announcement times while the number of sessions follows `script` (time, count),
+    the server computing during `busy` (from, until)."""
+    backend = Backend(Activity(*busy))
     times: list[float] = []
 
     async def announce(record: object) -> None:
@@ -65,3 +83,16 @@ def test_the_last_change_is_not_lost_and_periods_still_tick() -> None:
     assert 10.0 + CHANGE_MIN_GAP_S <= times[1] <= 10.5 + CHANGE_MIN_GAP_S  # the close
     assert len(times) == 2  # nothing changed after: the next one is a period later
     assert run_loop([], until=PERIOD + 1.0) == [PERIOD]
+
+
+def test_a_change_waits_for_the_server_to_be_quiet() -> None:
+    # A session opens at 10 s and computes until 12 s: announced once it is quiet.
+    times = run_loop([(10.0, 1)], until=14.0, busy=(10.0, 12.0))
+    assert len(times) == 1 and 12.0 + QUIET_S <= times[0] <= 12.5 + QUIET_S
+
+
+def test_a_change_waits_for_quiet_only_so_long() -> None:
+    # Back-to-back sessions, never quiet: the change still goes out.
+    times = run_loop([(10.0, 1)], until=10.0 + CHANGE_MAX_WAIT_S + 1.0, busy=(10.0, 1e9))
+    assert len(times) == 1
+    assert 10.0 + CHANGE_MAX_WAIT_S <= times[0] <= 10.5 + CHANGE_MAX_WAIT_S
