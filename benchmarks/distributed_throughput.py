@@ -6,7 +6,7 @@
 For each Llama shape: writes random weights (cached under --dir), starts a bootstrap
 peer and two `plexus serve` processes (half the blocks each, `--threads` torch threads
 each) on 127.0.0.1, then alternates, `--rounds` times: transformers' greedy generate() in
-this process (with 1 and with 2 torch threads; the faster counts), and the same
+a process of its own (with 1 and with 2 torch threads; the faster counts), and the same
 generation through the two servers with the client library, forwarding on (the default)
 and off, timed from the prefill to the last token as `Generation.tokens_per_s` reports
 it (opening and closing the session are not counted, as loading is not for generate()).
@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import statistics
 import sys
 import tempfile
 import time
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -88,33 +90,50 @@ def machine() -> str:
 
 
 class Local:
-    """transformers' generate() in this process."""
+    """transformers' generate() in a process of its own (spawned), so that this process'
+    event loop, whose client holds the swarm's connections, keeps running meanwhile: a
+    loop stalled for the seconds generate() takes would leave its backlog (timers,
+    messages, background writes) to the swarm run that follows."""
 
     def __init__(self, folder: Path, prompt: list[int], new_tokens: int) -> None:
-        self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-        self.ids = torch.tensor([prompt])
-        self.new_tokens = new_tokens
-        self.kwargs = dict(do_sample=False, eos_token_id=None, pad_token_id=0)
-        self.tokens: list[int] = []
-        self.generate(4)  # warm-up
-
-    def generate(self, new_tokens: int) -> float:
-        started = time.perf_counter()
-        out = self.model.generate(
-            self.ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **self.kwargs
+        context = multiprocessing.get_context("spawn")
+        self._conn, child = context.Pipe()
+        self._process = context.Process(
+            target=_local_worker, args=(child, str(folder), prompt, new_tokens), daemon=True
         )
-        self.tokens = out[0, self.ids.shape[1] :].tolist()
-        return new_tokens / (time.perf_counter() - started)
+        self._process.start()
+        self.num_layers, self.params = self._conn.recv()  # loaded and warmed up
+        self.tokens: list[int] = []
 
-    def tokens_per_s(self) -> float:
+    async def tokens_per_s(self) -> float:
         """The faster of 1 and 2 torch threads (whichever suits this machine and size)."""
-        before = torch.get_num_threads()
-        best = 0.0
+        self._conn.send("run")
+        speed, self.tokens = await trio.to_thread.run_sync(self._conn.recv)
+        return speed
+
+    def close(self) -> None:
+        self._conn.send("stop")
+        self._process.join(30)
+
+
+def _local_worker(conn: Connection, folder: str, prompt: list[int], new_tokens: int) -> None:
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    ids = torch.tensor([prompt])
+    kwargs = dict(do_sample=False, eos_token_id=None, pad_token_id=0)
+
+    def generate(n: int) -> tuple[float, list[int]]:
+        started = time.perf_counter()
+        out = model.generate(ids, max_new_tokens=n, min_new_tokens=n, **kwargs)
+        return n / (time.perf_counter() - started), out[0, ids.shape[1] :].tolist()
+
+    generate(4)  # warm-up
+    conn.send((model.config.num_hidden_layers, sum(p.numel() for p in model.parameters())))
+    while conn.recv() == "run":
+        runs = []
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            best = max(best, self.generate(self.new_tokens))
-        torch.set_num_threads(before)
-        return best
+            runs.append(generate(new_tokens))
+        conn.send(max(runs))
 
 
 async def swarm_runs(
@@ -134,12 +153,10 @@ async def swarm_runs(
                 await trio.sleep(0.5)
         await client.swarm.refresh(force=True)
         await client.generate_ids(prompt, max_new_tokens=4, eos=False)  # warm-up
-        everywhere = os.sched_getaffinity(0)
+        if client_cpus:
+            os.sched_setaffinity(0, client_cpus)  # generate() keeps every core in its process
         for _ in range(rounds):
-            os.sched_setaffinity(0, everywhere)
-            speeds["local"].append(local.tokens_per_s())
-            if client_cpus:
-                os.sched_setaffinity(0, client_cpus)
+            speeds["local"].append(await local.tokens_per_s())
             for mode in ("forwarding", "relay"):
                 client.forwarding = mode == "forwarding"
                 result = await client.generate_ids(prompt, max_new_tokens=new_tokens, eos=False)
@@ -180,8 +197,7 @@ def main() -> int:
             1, 1000, (args.prompt_tokens,), generator=torch.Generator().manual_seed(1)
         ).tolist()
         local = Local(folder, prompt, args.new_tokens)
-        n = local.model.config.num_hidden_layers
-        params = sum(p.numel() for p in local.model.parameters())
+        n, params = local.num_layers, local.params
         with LocalSwarm(args.dir / f"swarm-{size}-{os.getpid()}") as swarm:
             swarm.start_bootstrap()
             for half, span in zip(halves, (f"0-{n // 2 - 1}", f"{n // 2}-{n - 1}"), strict=True):
@@ -237,7 +253,7 @@ def main() -> int:
                 "same tokens".format(**report),
                 flush=True,
             )
-        del local
+        local.close()
     return 0
 
 
