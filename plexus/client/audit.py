@@ -41,6 +41,7 @@ from ledger.receipts import SignedReceipt, countersign, decode_receipt
 from ledger.signing import verify as verify_signature
 from plexus.errors import NetworkError
 from plexus.identity import Identity, peer_id_of, public_key_of
+from plexus.models.finite import all_finite
 from plexus.p2p.dataplane import Message
 from plexus.receipt_writer import Activity, ReceiptWriter
 from plexus.verification import NETWORK_ID
@@ -285,7 +286,7 @@ class Auditor:
             or commitment.output_hash != tensor_hash(out)
         ):
             raise NetworkError(f"{peer} committed to something else than it returned")
-        if not bool(torch.isfinite(out).all()):
+        if not all_finite(out):
             raise NetworkError(f"{peer} returned non-finite hidden states")
         audit.hasher, audit.prechecked = pre.hasher, None  # the session's from now on
         audit.records.append(StepRecord(position, hidden.shape[1], pre.digest, signed, commitment))

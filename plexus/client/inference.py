@@ -28,6 +28,7 @@ from plexus.client.audit import Auditor, HopAudit
 from plexus.client.planner import Hop, MissingBlocksError, plan_route
 from plexus.client.swarm import SwarmView
 from plexus.errors import NetworkError, PlexusError
+from plexus.models.finite import all_finite
 from plexus.p2p.dataplane import Message
 from plexus.p2p.dataplane.connection import PendingReply
 from plexus.p2p.dataplane.errors import RequestTimeout
@@ -516,7 +517,7 @@ class InferenceSession:
             raise NetworkError(f"{state.hop.peer_id} returned a malformed step output")
         if self.auditor is not None:
             self.auditor.check_step(state, hidden, mask, reply, out)  # finite values too
-        elif not bool(torch.isfinite(out).all()):
+        elif not all_finite(out):
             raise NetworkError(f"{state.hop.peer_id} returned non-finite hidden states")
         out = as_float if as_float is not None else out.float()
         if self.auditor is not None:

@@ -25,6 +25,7 @@ import trio
 
 from plexus.errors import ProtocolError
 from plexus.models.batching import batched_decode, can_batch
+from plexus.models.finite import all_finite
 from plexus.models.session import SpanSession, stateless_forward
 from plexus.models.span import SpanModel
 from plexus.p2p.dataplane.codes import ErrorCode
@@ -186,9 +187,17 @@ class SpanBackend:
 
     # -- device work -------------------------------------------------------------------
     async def step(
-        self, session: ServerSession, hidden: torch.Tensor, mask: torch.Tensor | None
+        self,
+        session: ServerSession,
+        hidden: torch.Tensor,
+        mask: torch.Tensor | None,
+        *,
+        checked: bool = False,
     ) -> torch.Tensor:
-        self.check_hidden(hidden, session.batch_size)
+        """Run one step of `session`; `checked`: `hidden` passed `check_hidden` already
+        (input pushed by the previous hop is checked when it arrives)."""
+        if not checked:
+            self.check_hidden(hidden, session.batch_size)
         if session.model.length + hidden.shape[1] > session.max_length:
             raise ServerError(
                 ServerCode.SESSION_FULL,
@@ -243,7 +252,7 @@ class SpanBackend:
             raise ServerError(
                 ServerCode.MALFORMED_REQUEST, f"session batch is {batch}, got {hidden.shape[0]}"
             )
-        if not hidden.is_floating_point() or not bool(torch.isfinite(hidden).all()):
+        if not hidden.is_floating_point() or not all_finite(hidden):
             raise ServerError(ServerCode.MALFORMED_REQUEST, "hidden states must be finite floats")
 
     async def _submit(self, job: _Job) -> object:

@@ -172,7 +172,8 @@ class BlockServerHandlers:
             hidden, mask = await forwarder.wait_input(session, expected, wait_s)
             _check_length(session, expected)
         assert hidden is not None
-        out = await self.backend.step(session, hidden, mask)
+        # Pushed input went through check_hidden in on_push.
+        out = await self.backend.step(session, hidden, mask, checked=upstream)
         fields: dict[str, Any] = {"length": session.model.length}
         if self.verifier is not None:
             out = await self.verifier.apply_fault(hidden, out)
