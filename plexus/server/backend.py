@@ -275,8 +275,12 @@ class SpanBackend:
         return job.result
 
     def _may_run_inline(self, job: _Job) -> bool:
+        return self.would_run_inline(job.tokens)
+
+    def would_run_inline(self, tokens: int) -> bool:
+        """Whether a session step of `tokens` (batch x length) would run inline now."""
         return (
-            job.tokens <= self.inline_max_tokens
+            tokens <= self.inline_max_tokens
             and not self._busy
             and not self._queue
             and len(self.sessions) <= 1

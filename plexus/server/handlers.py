@@ -100,8 +100,22 @@ class BlockServerHandlers:
             "receipt",
         ):
             # `push` only hands the input to the step waiting for it (forwarding's
-            # critical path): it runs in the connection's reader.
-            self.router.route(name, inline=name == "push")(getattr(self, f"on_{name}"))
+            # critical path): it runs in the connection's reader, as does a step that
+            # will compute at once.
+            inline = {"push": True, "step": self._step_runs_inline}.get(name, False)
+            self.router.route(name, inline=inline)(getattr(self, f"on_{name}"))
+
+    def _step_runs_inline(self, message: Message) -> bool:
+        """A step whose handler waits for nothing: its input is in the message (not
+        pushed), no new route grant needs its next hop dialled, and the backend would run
+        it inline. The connection then runs it in its reader instead of starting a task
+        (about 0.2 ms less on a 2-vCPU VM; docs/performance.md, "stop 19")."""
+        f = message.fields
+        tensors = message.tensors
+        if f.get("upstream") or "route" in f or not tensors or tensors[0].dim() != 3:
+            return False
+        shape = tensors[0].shape
+        return self.backend.would_run_inline(shape[0] * shape[1])
 
     def _check_model(self, fields: dict[str, Any]) -> None:
         if _str(fields, "model_id") != self.model_id:

@@ -265,3 +265,28 @@ async def test_inline_handlers_run_in_the_reader_in_arrival_order() -> None:
         with pytest.raises(RemoteError, match="refused inline"):
             await client.request(Message("bad"), timeout=5)
         assert (await client.request(Message("seen"), timeout=5)).fields["seen"] == seen
+
+
+async def test_an_inline_test_picks_the_messages_run_in_the_reader() -> None:
+    router = Router()
+    tasks: dict[int, object] = {}
+
+    def small(message: Message) -> bool:
+        return message.fields.get("n", 99) < 3
+
+    @router.route("work", inline=small)
+    async def work(peer_id: str, message: Message) -> Message:
+        tasks[message.fields["n"]] = trio.lowlevel.current_task()
+        return Message("done", {"n": message.fields["n"]})
+
+    assert router.inline_types == set()
+    assert router.runs_inline(Message("work", {"n": 1}))
+    assert not router.runs_inline(Message("work", {"n": 5}))
+    assert not router.runs_inline(Message("other"))
+    async with memory_pair(router) as (client, _server):
+        for n in range(6):
+            reply = await client.request(Message("work", {"n": n}), timeout=5)
+            assert reply.fields == {"n": n}  # answered alike, inline or not
+    # The inline ones ran in the connection's reader task, the others each in its own.
+    assert tasks[0] is tasks[1] is tasks[2]
+    assert len({id(tasks[n]) for n in (2, 3, 4, 5)}) == 4

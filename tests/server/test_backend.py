@@ -110,3 +110,27 @@ async def test_busy_server_serves_higher_balances_first(span) -> None:
         nursery.cancel_scope.cancel()
     # Paying clients first, highest balance first; every 4th pick is the free lane's.
     assert order == ["rich", "rich", "rich", "new1", "rich", "some", "new2"]
+
+
+def test_only_steps_that_wait_for_nothing_run_in_the_reader(span) -> None:
+    from plexus.p2p.dataplane import Message
+    from plexus.server.handlers import BlockServerHandlers
+
+    backend = SpanBackend(span, max_sessions=4, cache_tokens=4 * 64)
+    router = BlockServerHandlers(backend, "m", {}).router
+    session = backend.open_session("peer", 2, 5, max_length=64)
+    fields = {"session_id": session.id, "length": 3}
+
+    def step(tensors: list[torch.Tensor], **extra: object) -> Message:
+        return Message("step", {**fields, **extra}, tensors)
+
+    one = torch.zeros(1, 1, 128)
+    assert router.runs_inline(step([one]))  # a decode step on an idle server
+    assert router.runs_inline(Message("push", fields, [one]))
+    assert not router.runs_inline(step([torch.zeros(1, 16, 128)]))  # a prefill is queued
+    assert not router.runs_inline(step([], upstream=True))  # waits for pushed input
+    assert not router.runs_inline(step([one], route={"seq": 1}))  # dials the next hop first
+    assert not router.runs_inline(step([torch.zeros(128)]))  # malformed: the task answers
+    assert not router.runs_inline(Message("rollback", fields))
+    backend.open_session("other", 2, 5, max_length=64)
+    assert not router.runs_inline(step([one]))  # two sessions: steps queue, to batch

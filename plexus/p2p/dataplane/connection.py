@@ -92,7 +92,8 @@ class Connection:
         self.peer_id = peer_id
         self.limits = limits
         self._handler = handler
-        self._inline_types: frozenset[str] = frozenset(getattr(handler, "inline_types", ()))
+        # Router.runs_inline: handlers that never wait run in the reader (no task start).
+        self._runs_inline: Callable[[Message], bool] | None = getattr(handler, "runs_inline", None)
         self._ids = itertools.count(1)
         self._pending: dict[int, _Waiter] = {}
         self._in_flight = 0
@@ -370,8 +371,8 @@ class Connection:
             return
         self._in_flight += 1
         self._buffered += size
-        if message.type in self._inline_types:
-            await self._handle(message, size)  # a handler that never waits (Router.route)
+        if self._runs_inline is not None and self._runs_inline(message):
+            await self._handle(message, size)  # a handler that does not wait (Router.route)
         else:
             nursery.start_soon(self._handle, message, size)
 
