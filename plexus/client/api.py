@@ -23,6 +23,7 @@ from ledger import LedgerStore
 from ledger.engine import sqlite_url
 from plexus.client.audit import Auditor, HeldOutput
 from plexus.client.generation import Generation, generate_tokens
+from plexus.client.idle_work import IdleWorkTrial
 from plexus.client.inference import InferenceSession
 from plexus.client.pool import ConnectionPool
 from plexus.client.sampling import SamplingParams
@@ -69,6 +70,8 @@ class AsyncClient:
         self.forwarding = forwarding  # servers pass hidden states to the next server
         self.files = files
         self.head = head
+        # Whether reading the LM head into the cache while waiting pays on this machine.
+        self.prefetch_trial = IdleWorkTrial("LM head prefetch")
         self.tokenizer = tokenizer
         self.swarm = swarm
         self.last_route: list[dict[str, object]] = []
@@ -266,6 +269,7 @@ class AsyncClient:
                     stop=stop,
                     on_text=held.on_text,
                     on_token=held.on_token,
+                    prefetch_trial=self.prefetch_trial,
                 )
                 # Audits are decided now, after every server committed to its results.
                 verified = await session.audit()
@@ -387,6 +391,7 @@ class AsyncChat:
             on_text=kwargs.get("on_text"),
             on_token=kwargs.get("on_token"),
             history_ids=torch.tensor([ids[:common]], dtype=torch.long),
+            prefetch_trial=self.client.prefetch_trial,
         )
         # The cache holds the prompt and every generated token but the last one.
         self._fed = (ids + result.token_ids)[: self._session.length]

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from plexus.client.idle_work import IdleWorkTrial
 from plexus.client.inference import InferenceSession
 from plexus.client.sampling import Sampler, SamplingParams
 from plexus.models.head import ClientHead
@@ -67,11 +68,13 @@ async def generate_tokens(
     on_text: Callable[[str], object] | None = None,
     on_token: Callable[[int], object] | None = None,
     history_ids: torch.Tensor | None = None,
+    prefetch_trial: IdleWorkTrial | None = None,
 ) -> Generation:
     """Generate up to `max_new_tokens` after `input_ids` [1, T] (new tokens of the session).
 
     `history_ids` are earlier tokens already in the session (multi-turn), used only for
-    the repetition penalty.
+    the repetition penalty. `prefetch_trial` decides whether the LM head is read into the
+    cache while the last server computes (never, without one).
     """
     sampler = Sampler(sampling)
     stream = TextStream(decode) if decode else None
@@ -81,12 +84,19 @@ async def generate_tokens(
     text = ""
     started = time.perf_counter()
     step_ids = input_ids
-    prefetch = head.prefetch if head.prefetch_helps else None
+    trial = prefetch_trial if head.prefetch_helps else None
     for _ in range(max_new_tokens):
+        decoding = step_ids.shape[1] == 1
+        prefetch = trial is not None and trial.use(decoding)
+        step_started = time.perf_counter()
         # The logits are computed while the last server's commitment is on its way.
         _, logits = await session.step_and(
-            head.embed(step_ids), lambda out: head.logits(out[:, -1]), while_waiting=prefetch
+            head.embed(step_ids),
+            lambda out: head.logits(out[:, -1]),
+            while_waiting=head.prefetch if prefetch else None,
         )
+        if trial is not None and decoding:
+            trial.observe(prefetch, time.perf_counter() - step_started)
         assert logits is not None
         next_id = int(sampler(logits, seen)[0])
         generated.append(next_id)
