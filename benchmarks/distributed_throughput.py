@@ -1,22 +1,28 @@
 """Tokens/s of a session through 2 server processes vs single-process generate().
 
     python benchmarks/distributed_throughput.py [--sizes 30M 300M] [--new-tokens 64]
-        [--rounds 4] [--threads N] [--no-pin] [--json]
+        [--rounds 4] [--layouts pinned shared] [--threads N] [--json]
 
 For each Llama shape: writes random weights (cached under --dir), starts a bootstrap
-peer and two `plexus serve` processes (half the blocks each, `--threads` torch threads
-each) on 127.0.0.1, then alternates, `--rounds` times: transformers' greedy generate() in
-a process of its own (with 1 and with 2 torch threads; the faster counts), and the same
-generation through the two servers with the client library, forwarding on (the default)
-and off, timed from the prefill to the last token as `Generation.tokens_per_s` reports
-it (opening and closing the session are not counted, as loading is not for generate()).
-Alternating keeps the comparison fair on a machine whose speed drifts between minutes.
-With `--pin` (the default) the servers run on their own halves of the cores
-(`plexus serve --cpus`) and the client shares the first server's, as they would on
-separate machines; local generate() keeps every core.
+peer and two `plexus serve` processes (half the blocks each) on 127.0.0.1, then
+alternates, `--rounds` times: transformers' greedy generate() in a process of its own
+(with 1 and with 2 torch threads; the faster counts), and the same generation through the
+two servers with the client library, forwarding on (the default) and off, timed from the
+prefill to the last token as `Generation.tokens_per_s` reports it (opening and closing the
+session are not counted, as loading is not for generate()). Alternating keeps the
+comparison fair on a machine whose speed drifts between minutes.
+
+Two layouts of the swarm on this one machine, each measured with its own local rounds:
+- `pinned`: each server on its own half of the cores (`plexus serve --cpus`), as many
+  torch threads as it has cores; the client shares the first server's.
+- `shared`: nothing pinned; each server and the client use every core's worth of torch
+  threads. Only one of them computes at a time, so each gets what generate() gets.
+Which suits a machine depends on its cores (on one 2-vCPU VM `pinned` was faster, on
+another a second thread sped generate() up by a third and `shared` was; docs/performance.md).
 Prints tokens/s (best and median of the rounds), the ratio of the bests and the median of
-the rounds' ratios (each swarm round over the local round just before it), and checks
-that every distributed generation gave transformers' tokens.
+the rounds' ratios (each swarm round over the local round just before it), whether the
+client kept its LM head prefetch (`plexus.client.idle_work`), and checks that every
+distributed generation gave transformers' tokens.
 """
 
 from __future__ import annotations
@@ -145,8 +151,9 @@ async def swarm_runs(
     local: Local,
     rounds: int,
     client_cpus: set[int],
-) -> dict[str, list[float]]:
+) -> tuple[dict[str, list[float]], bool | None]:
     speeds: dict[str, list[float]] = {"local": [], "forwarding": [], "relay": []}
+    prefetch: bool | None = None
     async with AsyncClient.connect(str(folder), initial_peers=[boot], data_dir=data_dir) as client:
         with trio.fail_after(60):
             while len(await client.swarm.node.find_servers(client.swarm.model_id)) < 2:
@@ -165,7 +172,8 @@ async def swarm_runs(
                 speeds[mode].append(result.tokens_per_s)
                 if result.token_ids != local.tokens:
                     raise SystemExit(f"{mode}: tokens differ from transformers' generate()")
-    return speeds
+        prefetch = client.prefetch_trial.decision
+    return speeds, prefetch
 
 
 def main() -> int:
@@ -175,38 +183,65 @@ def main() -> int:
     parser.add_argument("--prompt-tokens", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument(
-        "--threads", type=int, default=None, help="torch threads per server (default: its cores)"
+        "--layouts",
+        nargs="+",
+        default=list(LAYOUTS),
+        choices=list(LAYOUTS),
+        help="how the swarm shares this machine's cores (see above; default both)",
     )
     parser.add_argument(
-        "--pin",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="give each server half of the cores, the client the first server's (default on)",
+        "--threads", type=int, default=None, help="torch threads per server (default: see above)"
     )
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "plexus-bench")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    cpus = sorted(os.sched_getaffinity(0))
-    halves = [cpus[: max(1, len(cpus) // 2)], cpus[len(cpus) // 2 :] or cpus]
-    threads = args.threads or (len(halves[0]) if args.pin else 1)
-    # The client's head: one thread beside a pinned server, else every core (as generate()).
-    torch.set_num_threads(1 if args.pin else len(cpus))
     for size in args.sizes:
         folder = model_folder(args.dir, size)
         prompt = torch.randint(
             1, 1000, (args.prompt_tokens,), generator=torch.Generator().manual_seed(1)
         ).tolist()
         local = Local(folder, prompt, args.new_tokens)
-        n, params = local.num_layers, local.params
-        with LocalSwarm(args.dir / f"swarm-{size}-{os.getpid()}") as swarm:
-            swarm.start_bootstrap()
-            for half, span in zip(halves, (f"0-{n // 2 - 1}", f"{n // 2}-{n - 1}"), strict=True):
-                pin = ["--cpus", ",".join(map(str, half))] if args.pin else []
-                swarm.start_server(
-                    str(folder), span, "--no-rebalance", "--dtype", "fp32",
-                    "--threads", str(threads), *pin,
-                )  # fmt: skip
-            speeds = trio.run(
+        for layout in args.layouts:
+            report = run_layout(args, size, folder, prompt, local, layout)
+            if args.json:
+                print(json.dumps(report), flush=True)
+            else:
+                print(
+                    "{model} on {machine}, {layout}: {parameters_m}M params, local "
+                    "{local_tokens_per_s} tok/s, 2 servers {forwarding_tokens_per_s} tok/s "
+                    "forwarding ({relay_tokens_per_s} relaying), ratio {ratio} (relay "
+                    "{ratio_relay}; paired median {ratio_paired_median}); head prefetch "
+                    "{head_prefetch}; same tokens".format(**report),
+                    flush=True,
+                )
+        local.close()
+    return 0
+
+
+LAYOUTS = ("pinned", "shared")
+
+
+def run_layout(
+    args: argparse.Namespace, size: str, folder: Path, prompt: list[int], local: Local, layout: str
+) -> dict[str, object]:
+    """Start a swarm laid out as `layout`, run the rounds; the report of that layout."""
+    cpus = sorted(os.sched_getaffinity(0))
+    pinned = layout == "pinned"
+    halves = [cpus[: max(1, len(cpus) // 2)], cpus[len(cpus) // 2 :] or cpus]
+    threads = args.threads or (len(halves[0]) if pinned else len(cpus))
+    # The client's head: one thread beside a pinned server, else every core (as generate()).
+    torch.set_num_threads(1 if pinned else len(cpus))
+    n, params = local.num_layers, local.params
+    with LocalSwarm(args.dir / f"swarm-{size}-{layout}-{os.getpid()}") as swarm:
+        swarm.start_bootstrap()
+        for half, span in zip(halves, (f"0-{n // 2 - 1}", f"{n // 2}-{n - 1}"), strict=True):
+            pin = ["--cpus", ",".join(map(str, half))] if pinned else []
+            swarm.start_server(
+                str(folder), span, "--no-rebalance", "--dtype", "fp32",
+                "--threads", str(threads), *pin,
+            )  # fmt: skip
+        try:
+            speeds, prefetch = trio.run(
                 swarm_runs,
                 swarm.initial_peers[0],
                 folder,
@@ -215,46 +250,37 @@ def main() -> int:
                 args.new_tokens,
                 local,
                 args.rounds,
-                {halves[0][0]} if args.pin else set(),
+                {halves[0][0]} if pinned else set(),
             )
-        best = {mode: max(v) for mode, v in speeds.items()}
-        print({m: [round(x, 1) for x in v] for m, v in speeds.items()}, file=sys.stderr)  # rounds
-        report = {
-            "model": f"llama-{size}",
-            "machine": machine(),
-            "parameters_m": round(params / 1e6, 1),
-            "rounds": args.rounds,
-            "server_threads": threads,
-            "pinned": args.pin,
-            **{f"{mode}_tokens_per_s": round(best[mode], 2) for mode in best},
-            **{f"{mode}_median": round(statistics.median(v), 2) for mode, v in speeds.items()},
-            "ratio": round(best["forwarding"] / best["local"], 3),
-            "ratio_relay": round(best["relay"] / best["local"], 3),
-            "ratio_of_medians": round(
-                statistics.median(speeds["forwarding"]) / statistics.median(speeds["local"]), 3
+        finally:
+            os.sched_setaffinity(0, cpus)  # the next layout starts from every core
+    best = {mode: max(v) for mode, v in speeds.items()}
+    print({m: [round(x, 1) for x in v] for m, v in speeds.items()}, file=sys.stderr)  # rounds
+    return {
+        "model": f"llama-{size}",
+        "machine": machine(),
+        "layout": layout,
+        "parameters_m": round(params / 1e6, 1),
+        "rounds": args.rounds,
+        "server_threads": threads,
+        "pinned": pinned,
+        **{f"{mode}_tokens_per_s": round(best[mode], 2) for mode in best},
+        **{f"{mode}_median": round(statistics.median(v), 2) for mode, v in speeds.items()},
+        "ratio": round(best["forwarding"] / best["local"], 3),
+        "ratio_relay": round(best["relay"] / best["local"], 3),
+        "ratio_of_medians": round(
+            statistics.median(speeds["forwarding"]) / statistics.median(speeds["local"]), 3
+        ),
+        # Each round's swarm speed over the local speed measured just before it.
+        "ratio_paired_median": round(
+            statistics.median(
+                f / lo for f, lo in zip(speeds["forwarding"], speeds["local"], strict=True)
             ),
-            # Each round's swarm speed over the local speed measured just before it.
-            "ratio_paired_median": round(
-                statistics.median(
-                    f / lo for f, lo in zip(speeds["forwarding"], speeds["local"], strict=True)
-                ),
-                3,
-            ),
-            "same_tokens": True,
-        }
-        if args.json:
-            print(json.dumps(report), flush=True)
-        else:
-            print(
-                "{model} on {machine}: {parameters_m}M params, local {local_tokens_per_s} "
-                "tok/s, 2 servers {forwarding_tokens_per_s} tok/s forwarding "
-                "({relay_tokens_per_s} relaying), "
-                "ratio {ratio} (relay {ratio_relay}; paired median {ratio_paired_median}); "
-                "same tokens".format(**report),
-                flush=True,
-            )
-        local.close()
-    return 0
+            3,
+        ),
+        "head_prefetch": {True: "kept", False: "dropped", None: "undecided"}[prefetch],
+        "same_tokens": True,
+    }
 
 
 if __name__ == "__main__":
