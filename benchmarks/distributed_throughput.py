@@ -151,7 +151,7 @@ async def swarm_runs(
     local: Local,
     rounds: int,
     client_cpus: set[int],
-) -> tuple[dict[str, list[float]], bool | None]:
+) -> tuple[dict[str, list[float]], bool | str | None]:
     speeds: dict[str, list[float]] = {"local": [], "forwarding": [], "relay": []}
     prefetch: bool | None = None
     async with AsyncClient.connect(str(folder), initial_peers=[boot], data_dir=data_dir) as client:
@@ -172,7 +172,7 @@ async def swarm_runs(
                 speeds[mode].append(result.tokens_per_s)
                 if result.token_ids != local.tokens:
                     raise SystemExit(f"{mode}: tokens differ from transformers' generate()")
-        prefetch = client.prefetch_trial.decision
+        prefetch = client.prefetch_trial.decision if client.head.prefetch_helps else "n/a"
     return speeds, prefetch
 
 
@@ -278,7 +278,8 @@ def run_layout(
             ),
             3,
         ),
-        "head_prefetch": {True: "kept", False: "dropped", None: "undecided"}[prefetch],
+        # "n/a": a head too big to stay cached is never prefetched (ClientHead.prefetch_helps)
+        "head_prefetch": {True: "kept", False: "dropped", None: "undecided"}.get(prefetch, "n/a"),
         "same_tokens": True,
     }
 
