@@ -80,6 +80,16 @@ def model_folder(root: Path, size: str) -> Path:
     return folder
 
 
+LAYOUTS = ("pinned", "shared")
+"""How a swarm shares this machine's cores (see the module's docstring)."""
+
+
+def bench_prompt(tokens: int) -> list[int]:
+    """The prompt every benchmark run uses: `tokens` ids from a fixed seed."""
+    generator = torch.Generator().manual_seed(1)
+    return torch.randint(1, 1000, (tokens,), generator=generator).tolist()
+
+
 def machine() -> str:
     """CPU model, cores and kernel: figures from different machines are not comparable
     (the same code gave 0.8 on one build machine and 0.6 on the next)."""
@@ -197,9 +207,7 @@ def main() -> int:
     args = parser.parse_args()
     for size in args.sizes:
         folder = model_folder(args.dir, size)
-        prompt = torch.randint(
-            1, 1000, (args.prompt_tokens,), generator=torch.Generator().manual_seed(1)
-        ).tolist()
+        prompt = bench_prompt(args.prompt_tokens)
         local = Local(folder, prompt, args.new_tokens)
         for layout in args.layouts:
             report = run_layout(args, size, folder, prompt, local, layout)
@@ -216,9 +224,6 @@ def main() -> int:
                 )
         local.close()
     return 0
-
-
-LAYOUTS = ("pinned", "shared")
 
 
 def run_layout(

@@ -31,7 +31,7 @@ import torch
 import trio
 
 sys.path.insert(0, str(Path(__file__).parent))
-from distributed_throughput import SHAPES, Local, machine, model_folder
+from distributed_throughput import LAYOUTS, SHAPES, Local, bench_prompt, machine, model_folder
 
 from plexus.models.loading import load_head, load_span
 from plexus.models.session import SpanSession
@@ -113,16 +113,12 @@ def main() -> int:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--prompt-tokens", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument(
-        "--layouts", nargs="+", default=["pinned", "shared"], choices=["pinned", "shared"]
-    )
+    parser.add_argument("--layouts", nargs="+", default=list(LAYOUTS), choices=list(LAYOUTS))
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "plexus-bench")
     args = parser.parse_args()
     for size in args.sizes:
         folder = model_folder(args.dir, size)
-        prompt = torch.randint(
-            1, 1000, (args.prompt_tokens,), generator=torch.Generator().manual_seed(1)
-        ).tolist()
+        prompt = bench_prompt(args.prompt_tokens)
         local = Local(folder, prompt, args.new_tokens)  # before any pinning: every core
         for layout in args.layouts:
             pipeline = Pipeline(folder, local.num_layers, layout)

@@ -2,7 +2,7 @@
 
 The client can read the LM head into the CPU's cache while the last server computes
 (`ClientHead.prefetch`), so that the logits run faster once its reply is in. Whether that
-pays depends on the machine: on one 2-vCPU VM it took 0.4 ms off each decode step, on
+pays depends on the machine: on one 2-vCPU VM it took the head from 1.3 to 0.8 ms a step, on
 another it saved nothing and, where the servers' threads use every core, cost the last
 server a core for 1.2 ms a step (docs/performance.md, "stop 20"). So the client measures:
 its first decode steps alternate with and without the work, and the work is kept only if
