@@ -163,7 +163,7 @@ async def swarm_runs(
     client_cpus: set[int],
 ) -> tuple[dict[str, list[float]], bool | str | None]:
     speeds: dict[str, list[float]] = {"local": [], "forwarding": [], "relay": []}
-    prefetch: bool | None = None
+    prefetch: bool | str | None = None  # the trial's decision; "n/a" without a trial
     async with AsyncClient.connect(str(folder), initial_peers=[boot], data_dir=data_dir) as client:
         with trio.fail_after(60):
             while len(await client.swarm.node.find_servers(client.swarm.model_id)) < 2:
