@@ -141,9 +141,13 @@ def sketch(delta: torch.Tensor, mask: torch.Tensor | None, proj: torch.Tensor) -
 
 def _sketch(d: np.ndarray, mask: torch.Tensor | None, proj: torch.Tensor) -> np.ndarray:
     # numpy: these tensors are small, and numpy's per-call cost is a fraction of torch's.
+    # einsum, not `@`: numpy's `@` goes to its OpenBLAS, which splits a long chunk (from
+    # about 512 tokens at H=512, 128 at H=4096) across threads that then spin for ~0.13 s,
+    # taking a core from the span's next steps (docs/performance.md, "stop 22").
     with np.errstate(over="ignore", invalid="ignore"):
         rms = np.sqrt(np.mean(d * d, axis=-1, keepdims=True, dtype=np.float32))
-        values = np.concatenate([rms, d @ proj.numpy().T], axis=-1)  # [B, T, 1 + P]
+        projected = np.einsum("bth,ph->btp", d, proj.numpy())  # numpy's own loop, one thread
+        values = np.concatenate([rms, projected], axis=-1)  # [B, T, 1 + P]
         if mask is not None:
             values = values * (mask.detach().to("cpu").numpy() != 0)[..., None]
         values = np.nan_to_num(np.clip(values, -FP16_MAX, FP16_MAX), nan=FP16_MAX)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+import time
 
 import pytest
 import torch
@@ -83,3 +86,28 @@ def test_checker_convicts_only_real_disagreement() -> None:
     assert not check_fraud_proof(proof_for(honest, [noisy, close], x).proof)  # split
     with pytest.raises(InvalidFraudProof):
         verify_fraud_proof(proof_for(close, [honest, honest], x), NETWORK_ID, check_fraud_proof)
+
+
+def _other_threads_cpu_s() -> float:
+    """CPU seconds used so far by this process' threads other than the calling one."""
+    me, ticks = threading.get_native_id(), 0
+    for task in os.listdir("/proc/self/task"):
+        if int(task) != me:
+            with contextlib.suppress(OSError):  # a thread that just ended
+                with open(f"/proc/self/task/{task}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                ticks += int(fields[11]) + int(fields[12])  # utime + stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads Linux's /proc")
+def test_a_long_chunk_leaves_no_thread_spinning() -> None:
+    # numpy's `@` would hand a chunk this long to OpenBLAS threads, which then spin for
+    # about 0.13 s (taking a core from the span's next steps) on any machine with 2+ cores.
+    x = torch.randn(1, 2048, 512)
+    commit(x, x + 0.01 * torch.randn_like(x))  # warm-up: imports, allocations
+    before = _other_threads_cpu_s()
+    for _ in range(3):
+        commit(x, x + 0.01 * torch.randn_like(x))
+        time.sleep(0.15)
+    assert _other_threads_cpu_s() - before < 0.05
