@@ -95,6 +95,25 @@ class Prechecked:
 
 
 @dataclass
+class PendingStep:
+    """A step whose output the client took before its commitment came: a split step,
+    whose commitment rides on the hop's next step reply (`previous`) or is fetched with
+    a `commitment` request before the session audits, rolls back or closes."""
+
+    position: int
+    tokens: int
+    inputs_hash: bytes
+    out: torch.Tensor  # as received (the commitment's output hash is over these bytes)
+    as_float: torch.Tensor | None  # what the client used (kept for the audits)
+    signed: SignedCommitment | None = None  # once checked
+    commitment: Commitment | None = None
+
+    @property
+    def end(self) -> int:
+        return self.position + self.tokens
+
+
+@dataclass
 class HopAudit:
     """Per-hop verification state (kept on `HopState.audit`)."""
 
@@ -106,6 +125,7 @@ class HopAudit:
     countersign: dict[str, Any] = field(default_factory=dict)  # piggyback on next request
     tokens_sent: int = 0
     due: bool | None = None  # whether the next audit_hop audits (drawn once, in advance)
+    pending: PendingStep | None = None  # the last step, while its commitment is to come
 
 
 @dataclass
@@ -270,27 +290,91 @@ class Auditor:
         mask: torch.Tensor,
         reply: Message,
         out: torch.Tensor,
+        as_float: torch.Tensor | None = None,
     ) -> None:
-        """Verify a step reply's commitment; raises NetworkError when it is wrong."""
-        audit = state.audit
-        position = state.length
+        """Verify a step reply's commitment; raises NetworkError when it is wrong (and
+        then changes nothing)."""
         pre = self.precheck(state, hidden, mask)
+        step = PendingStep(state.length, hidden.shape[1], pre.digest, out, as_float)
+        self._check_commitment(state, step, reply.fields)
+        if not all_finite(out):
+            raise NetworkError(f"{state.hop.peer_id} returned non-finite hidden states")
+        self._advance(state, pre)
+        self._keep_record(state, step)
+
+    def take_output(
+        self,
+        state: HopState,
+        hidden: torch.Tensor,
+        mask: torch.Tensor,
+        out: torch.Tensor,
+        as_float: torch.Tensor,
+    ) -> PendingStep:
+        """A split step's reply, whose commitment is still to come: checks what it can
+        (finite values), moves the hop's running inputs hash on, and returns what
+        `check_commitment` will check the commitment against."""
+        if not all_finite(out):
+            raise NetworkError(f"{state.hop.peer_id} returned non-finite hidden states")
+        pre = self.precheck(state, hidden, mask)
+        self._advance(state, pre)
+        return PendingStep(state.length, hidden.shape[1], pre.digest, out, as_float)
+
+    def _advance(self, state: HopState, pre: Prechecked) -> None:
+        audit = state.audit
+        audit.hasher, audit.prechecked = pre.hasher, None  # the session's from now on
+        audit.tokens_sent += pre.hidden.shape[0] * pre.hidden.shape[1]
+
+    def check_commitment(self, state: HopState, step: PendingStep, fields: dict[str, Any]) -> None:
+        """Check a taken step's commitment (`fields` of a `commitment` reply or of a step
+        reply's `previous`); keep it for the audits."""
+        self._check_commitment(state, step, fields)
+        self._keep_record(state, step)
+
+    def compare_lost(
+        self,
+        state: HopState,
+        step: PendingStep,
+        inputs: torch.Tensor,
+        mask: torch.Tensor,
+        replayed: torch.Tensor,
+    ) -> None:
+        """A failed hop's last output, whose commitment never came, against what its
+        replacement computed for the same positions while replaying (`inputs`, `mask`,
+        `replayed`: the whole history's). No fraud proof can be made without the commitment, but a
+        server that answers wrongly and then fails does not go unnoticed."""
+        span = slice(step.position, step.end)
+        x = inputs[:, span].float()
+        theirs = step.as_float if step.as_float is not None else step.out.float()
+        error = step_errors(theirs - x, replayed[:, span].float() - x, mask[:, span])
+        if error > FULL_TOLERANCE:
+            peer = state.hop.peer_id
+            log.warning(
+                "%s's last output before it failed disagrees with its replacement's "
+                "(relative error %.3g); it counts as caught", peer, error,
+            )  # fmt: skip
+            self._failed(peer)
+
+    def _keep_record(self, state: HopState, step: PendingStep) -> None:
+        assert step.commitment is not None
+        audit = state.audit
+        audit.records.append(
+            StepRecord(step.position, step.tokens, step.inputs_hash, step.signed, step.commitment)
+        )
+        audit.outputs.append(step.as_float if step.as_float is not None else step.out.float())
+
+    def _check_commitment(self, state: HopState, step: PendingStep, fields: dict[str, Any]) -> None:
         peer = state.hop.peer_id
-        signed, commitment = self._read_commitment(reply.fields, peer, pre.digest)
+        signed, commitment = self._read_commitment(fields, peer, step.inputs_hash)
         if (
             commitment.kind != Kind.STEP
             or commitment.model != model_tag(self.swarm.model_id)
             or (commitment.block_start, commitment.block_end) != (state.hop.start, state.hop.end)
-            or commitment.position != position
-            or commitment.tokens != hidden.shape[1]
-            or commitment.output_hash != tensor_hash(out)
+            or commitment.position != step.position
+            or commitment.tokens != step.tokens
+            or commitment.output_hash != tensor_hash(step.out)
         ):
             raise NetworkError(f"{peer} committed to something else than it returned")
-        if not all_finite(out):
-            raise NetworkError(f"{peer} returned non-finite hidden states")
-        audit.hasher, audit.prechecked = pre.hasher, None  # the session's from now on
-        audit.records.append(StepRecord(position, hidden.shape[1], pre.digest, signed, commitment))
-        audit.tokens_sent += hidden.shape[0] * hidden.shape[1]
+        step.signed, step.commitment = signed, commitment
 
     def precheck(self, state: HopState, hidden: torch.Tensor, mask: torch.Tensor) -> Prechecked:
         """The inputs hash `check_step` will need for a step on `hidden`. The client

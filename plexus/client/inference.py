@@ -19,12 +19,12 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 import trio
 
-from plexus.client.audit import Auditor, HopAudit
+from plexus.client.audit import Auditor, HopAudit, PendingStep
 from plexus.client.planner import Hop, MissingBlocksError, plan_route
 from plexus.client.swarm import SwarmView
 from plexus.errors import NetworkError, PlexusError
@@ -103,8 +103,6 @@ class InferenceSession:
         self._grant_seq = 0
         self.forwarded_legs = 0  # server-to-server legs taken
         self.relayed_legs = 0  # legs the client relayed
-        self._then: Callable[[torch.Tensor], object] | None = None  # see step_and
-        self._early: tuple[torch.Tensor, object] | None = None
         self._while_waiting: Callable[[], object] | None = None  # see step_and
         self._while_waiting_s = 0.0  # what it took, last time
         self.num_blocks = num_blocks
@@ -157,11 +155,11 @@ class InferenceSession:
         while_waiting: Callable[[], object] | None = None,
     ) -> tuple[torch.Tensor, T | None]:
         """`step`, and `then(output)` (say, the next token's logits). With verification,
-        `then` runs as soon as the last server's output arrives, while its commitment is
-        still on the way (the last server computes it after replying); the output is
-        returned only once the commitment checked out. `while_waiting()` (say, pulling
-        the LM head into the CPU's cache) runs once, while the client waits for the last
-        server, if that wait is expected to last at least twice as long as it does."""
+        the last server answers with its output before computing its commitment, which
+        comes with its next reply (checked first; `settle` collects it before audits,
+        rollbacks and closing). `while_waiting()` (say, pulling the LM head into the
+        CPU's cache) runs once, while the client waits for the last server, if that wait
+        is expected to last at least twice as long as it does."""
         if self.auditor is None:
             return await self._step_and(hidden, then, mask, while_waiting)
         with self.auditor.activity:  # the client's receipts wait until it is quiet
@@ -178,7 +176,6 @@ class InferenceSession:
             await self.open()
         if mask is None:
             mask = torch.ones(hidden.shape[:2], dtype=torch.long)
-        self._then, self._early = then, None
         self._while_waiting = while_waiting
         index, resync = 0, False
         if self.forwarding and len(self.hops) > 1:
@@ -199,11 +196,7 @@ class InferenceSession:
             else:
                 index += 1
             hidden = out
-        if then is None:
-            return hidden, None
-        if self._early is not None and self._early[0] is hidden:
-            return hidden, self._early[1]  # type: ignore[return-value]
-        return hidden, then(hidden)
+        return hidden, None if then is None else then(hidden)
 
     def _report_failure(self, state: HopState, exc: Exception) -> None:
         log.warning(
@@ -250,6 +243,8 @@ class InferenceSession:
             fields: dict[str, object] = {"session_id": state.session_id, "length": state.length}
             fields.update(state.audit.countersign)
             state.audit.countersign = {}
+            if state.audit.pending is not None:
+                fields["previous"] = True  # its last step's commitment, with this reply
             if state.grant_seq != grant.grant.seq:
                 fields.update(grant.fields())
             if k + 1 < len(hops):
@@ -258,7 +253,7 @@ class InferenceSession:
                 fields["upstream"] = True
                 fields["wait_ms"] = min(600_000, max(1, int(1000 * budget)))
             if k + 1 == len(hops) and self.auditor is not None:
-                fields["split"] = True  # the commitment follows in its own reply
+                fields["split"] = sent[k].split = True  # the commitment: with the next reply
             budget += state.timeout(tokens)
             deadlines.append(started + budget)
             messages.append(Message("step", fields, tensors if k == 0 else []))
@@ -303,11 +298,7 @@ class InferenceSession:
     async def _send(self, state: HopState, message: Message, into: _Sent, tokens: int) -> None:
         try:
             conn = await self.swarm.pool.get(state.hop.peer_id, state.hop.server.address)
-            pending = await conn.send_request(message)
-            if message.fields.get("split"):
-                request = self._commitment_request(state, tokens)
-                into.commitment = await conn.send_request(request)
-            into.set(pending)
+            into.set(await conn.send_request(message))
         except NetworkError as exc:
             into.fail(exc)
 
@@ -321,6 +312,10 @@ class InferenceSession:
     async def _resync(self, state: HopState) -> None:
         """After a failed forwarded step a later hop may have run it already: make its
         cache hold exactly what this client knows it holds (a no-op if it does)."""
+        try:  # a rollback drops the server's pending commitment
+            await self._settle(state)
+        except NetworkError as exc:  # it may have run this step already: the commitment is gone
+            log.info("%s's last commitment is lost: %s", state.hop.peer_id, exc)
         conn = await self.swarm.pool.get(state.hop.peer_id, state.hop.server.address)
         message = Message("rollback", {"session_id": state.session_id, "length": state.length})
         await conn.request(message, timeout=state.timeout(state.length + 1) + MIN_STEP_TIMEOUT_S)
@@ -329,6 +324,7 @@ class InferenceSession:
         """Forget everything after the first `length` tokens, on every hop."""
         if not 0 <= length <= self.length:
             raise ValueError(f"cannot roll back to {length}: session holds {self.length}")
+        await self.settle()  # a rollback drops the servers' pending commitments
         for state in self.hops:
             if state.length == length:
                 continue
@@ -365,13 +361,46 @@ class InferenceSession:
         yet; False if a hop failed: its results must not be used (recompute them)."""
         if self.auditor is None:
             return True
+        await self.settle()  # the last step's commitment, so that it can be audited too
         ok = True
         for state in self.hops:
             ok = await self.auditor.audit_hop(state) and ok
         return ok
 
+    async def settle(self) -> None:
+        """Collect and check the commitments still to come (split steps' that no later
+        step brought). A hop whose server does not deliver is reported failed: its next
+        step fails over."""
+        for state in self.hops:
+            try:
+                await self._settle(state)
+            except NetworkError as exc:
+                log.warning("%s did not deliver its last commitment: %s", state.hop.peer_id, exc)
+                self.swarm.fail(state.hop.peer_id)
+
+    async def _settle(self, state: HopState) -> None:
+        pending, state.audit.pending = state.audit.pending, None
+        if pending is None or self.auditor is None:
+            return
+        conn = await self.swarm.pool.get(state.hop.peer_id, state.hop.server.address)
+        fields = {"session_id": state.session_id, "length": pending.end}
+        fields["wait_ms"] = min(600_000, max(1, int(1000 * state.timeout(pending.tokens))))
+        timeout = state.timeout(pending.tokens) + MIN_STEP_TIMEOUT_S
+        reply = await conn.request(Message("commitment", fields), timeout=timeout)
+        await self._check_pending(state, pending, reply.fields)
+
+    async def _check_pending(
+        self, state: HopState, pending: PendingStep, fields: dict[str, Any]
+    ) -> None:
+        assert self.auditor is not None
+        self.auditor.check_commitment(state, pending, fields)
+        back = await self.auditor.take_receipt(state, fields)
+        if back:
+            state.audit.countersign = back
+
     async def _close_one(self, state: HopState) -> None:
         try:
+            await self._settle(state)  # the final receipt then counts every checked step
             conn = await self.swarm.pool.get(state.hop.peer_id, state.hop.server.address)
             reply = await conn.request(
                 Message("close", {"session_id": state.session_id}), timeout=2.0
@@ -442,17 +471,16 @@ class InferenceSession:
         tokens = hidden.shape[1]
         tensors = [hidden] if bool(mask.all()) else [hidden, mask]
         started = trio.current_time()
-        fields = {"session_id": state.session_id, "length": state.length}
+        fields: dict[str, object] = {"session_id": state.session_id, "length": state.length}
         fields.update(state.audit.countersign)
         state.audit.countersign = {}
+        if state.audit.pending is not None:
+            fields["previous"] = True  # its last step's commitment, with this reply
         deadline = started + state.timeout(tokens)
         sent = _Sent()
         if split and self.auditor is not None:
-            fields["split"] = True
-            sent.set(await conn.send_request(Message("step", fields, tensors)))
-            sent.commitment = await conn.send_request(self._commitment_request(state, tokens))
-        else:
-            sent.set(await conn.send_request(Message("step", fields, tensors)))
+            fields["split"] = sent.split = True
+        sent.set(await conn.send_request(Message("step", fields, tensors)))
         if split:
             self._idle_while(state, sent, started, tokens)
         return await self._receive(state, hidden, mask, sent, deadline, started)
@@ -471,11 +499,6 @@ class InferenceSession:
         work()
         self._while_waiting_s = time.perf_counter() - began
 
-    def _commitment_request(self, state: HopState, tokens: int) -> Message:
-        fields = {"session_id": state.session_id, "length": state.length + tokens}
-        fields["wait_ms"] = min(600_000, max(1, int(1000 * state.timeout(tokens))))
-        return Message("commitment", fields)
-
     async def _receive(
         self,
         state: HopState,
@@ -485,20 +508,10 @@ class InferenceSession:
         deadline: float,
         since: float,
     ) -> torch.Tensor:
-        """A hop's reply to a step on `hidden`, checked; with a split commitment, `then`
-        runs on the output while the commitment is on its way."""
+        """A hop's reply to a step on `hidden`, checked."""
         reply = await sent.reply(deadline)
         seconds = trio.current_time() - since
-        early = None
-        if sent.commitment is not None:
-            out = reply.tensors[0] if len(reply.tensors) == 1 else None
-            if out is not None and out.is_floating_point():
-                early = out.float()
-                if self._then is not None and tuple(out.shape) == tuple(hidden.shape):
-                    self._early = (early, self._then(early))
-            more = await sent.commitment.wait(max(0.0, deadline - trio.current_time()) + 1.0)
-            reply.fields.update(more.fields)
-        return await self._accept(state, hidden, mask, reply, seconds, early)
+        return await self._accept(state, hidden, mask, reply, seconds, sent.split)
 
     async def _accept(
         self,
@@ -507,22 +520,35 @@ class InferenceSession:
         mask: torch.Tensor,
         reply: Message,
         seconds: float,
-        as_float: torch.Tensor | None = None,
+        split: bool,
     ) -> torch.Tensor:
-        """Check a hop's reply to a step on `hidden`; its output as float32 (`as_float`
-        if the caller converted it already)."""
+        """Check a hop's reply to a step on `hidden`; its output as float32. The
+        commitment of a step sent `split` is checked when it comes (`_check_pending`)."""
         state.observe(seconds, hidden.shape[1])
-        out = reply.tensors[0] if len(reply.tensors) == 1 else None
-        if out is None or tuple(out.shape) != tuple(hidden.shape) or not out.is_floating_point():
+        raw = reply.tensors[0] if len(reply.tensors) == 1 else None
+        if raw is None or tuple(raw.shape) != tuple(hidden.shape) or not raw.is_floating_point():
             raise NetworkError(f"{state.hop.peer_id} returned a malformed step output")
-        if self.auditor is not None:
-            self.auditor.check_step(state, hidden, mask, reply, out)  # finite values too
-        elif not all_finite(out):
-            raise NetworkError(f"{state.hop.peer_id} returned non-finite hidden states")
-        out = as_float if as_float is not None else out.float()
-        if self.auditor is not None:
-            state.audit.outputs.append(out)
-            state.audit.countersign = await self.auditor.take_receipt(state, reply.fields)
+        auditor = self.auditor
+        if auditor is None:
+            if not all_finite(raw):
+                raise NetworkError(f"{state.hop.peer_id} returned non-finite hidden states")
+            out = raw.float()
+        else:
+            pending = state.audit.pending
+            if pending is not None:  # the commitment of this hop's step before
+                previous = reply.fields.get("previous")
+                if type(previous) is not dict:
+                    raise NetworkError(f"{state.hop.peer_id} withheld its last commitment")
+                await self._check_pending(state, pending, previous)
+                state.audit.pending = None
+            out = raw.float()
+            if split and reply.fields.get("commitment_follows") is True:
+                state.audit.pending = auditor.take_output(state, hidden, mask, raw, out)
+            else:
+                auditor.check_step(state, hidden, mask, reply, raw, out)  # finite values too
+                back = await auditor.take_receipt(state, reply.fields)
+                if back:
+                    state.audit.countersign = back
         state.length += hidden.shape[1]
         state.inputs.append(hidden)
         state.masks.append(mask)
@@ -539,10 +565,13 @@ class InferenceSession:
         for _attempt in range(MAX_RECOVERY_ATTEMPTS):
             await self.swarm.refresh(force=True)
             states = await self._open_route(failed.hop.start, failed.hop.end)
-            x, m = torch.cat(history[0], dim=1), torch.cat(history[1], dim=1)
+            x_in, m = torch.cat(history[0], dim=1), torch.cat(history[1], dim=1)
+            x = x_in
             try:
                 for state in states:
                     x = await self._send_step(state, x, m)
+                if failed.audit.pending is not None and self.auditor is not None:
+                    self.auditor.compare_lost(failed, failed.audit.pending, x_in, m, x)
                 return states, x[:, -tokens:]
             except NetworkError as exc:
                 broken = next((s for s in states if s.length == 0), states[-1])
@@ -553,14 +582,13 @@ class InferenceSession:
 
 
 class _Sent:
-    """One hop's request of a step: sent (or failed to be), reply to come; and, for a
-    split step, the request for its commitment."""
+    """One hop's request of a step: sent (or failed to be), reply to come."""
 
     def __init__(self) -> None:
         self._event = trio.Event()
         self._pending: PendingReply | None = None
         self._error: NetworkError | None = None
-        self.commitment: PendingReply | None = None
+        self.split = False  # the step was sent `split`: its commitment may follow
         self.fields: dict[str, object] = {}  # of the reply, once it came
 
     @property

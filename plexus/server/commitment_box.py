@@ -2,8 +2,8 @@
 
 The last server of a chain may answer a step with its output at once and compute the
 commitment right after, while the client computes its next token's logits; the client
-collects the commitment with a `commitment` request sent together with the step. One box
-per session holds the latest such commitment.
+collects the commitment with its next step (`previous`) or with a `commitment` request.
+One box per session holds the latest such commitment.
 """
 
 from __future__ import annotations
@@ -53,12 +53,9 @@ class CommitmentBox:
         """Until the commitment being computed (if any) is done."""
         await self._done.wait()
 
-    async def get(self, length: int, wait_s: float) -> dict[str, Any]:
-        """The fields of the commitment for the step ending at `length`."""
-        with trio.move_on_after(wait_s):
-            while self.length != length:
-                await self._posted.wait()
-            await self._done.wait()
+    def collect(self, length: int) -> dict[str, Any]:
+        """The fields of the settled commitment for the step ending at `length` (for a
+        step carrying `previous`: the box settled before the step began)."""
         if self.length != length or not self._done.is_set():
             raise ServerError(
                 ServerCode.MALFORMED_REQUEST, f"no split step ended at length {length}"
@@ -66,6 +63,14 @@ class CommitmentBox:
         if self._error is not None or self._fields is None:
             raise ServerError(ServerCode.MALFORMED_REQUEST, self._error or "no commitment")
         return self._fields
+
+    async def get(self, length: int, wait_s: float) -> dict[str, Any]:
+        """The fields of the commitment for the step ending at `length`."""
+        with trio.move_on_after(wait_s):
+            while self.length != length:
+                await self._posted.wait()
+            await self._done.wait()
+        return self.collect(length)
 
 
 def commitments_of(session: ServerSession) -> CommitmentBox:

@@ -177,6 +177,7 @@ class BlockServerHandlers:
         split = _flag(f, "split") and self.verifier is not None
         box = commitments_of(session)
         await box.settled()  # the previous step's commitment first: inputs hash in order
+        previous = box.collect(expected) if _flag(f, "previous") else None
         hidden, mask = (None, None) if upstream else _hidden_and_mask(message)
         if self.verifier is not None and "client_sig" in f:
             await self.verifier.countersigned(peer_id, session.id, f, self.background)
@@ -189,13 +190,15 @@ class BlockServerHandlers:
         # Pushed input went through check_hidden in on_push.
         out = await self.backend.step(session, hidden, mask, checked=upstream)
         fields: dict[str, Any] = {"length": session.model.length}
+        if previous is not None:  # the last split step's commitment rides on this reply
+            fields["previous"] = previous
         if self.verifier is not None:
             out = await self.verifier.apply_fault(hidden, out)
         if _flag(f, "forward"):
             # Output first (it is what the next server waits for), commitment after.
             pushed = forwarder is not None and await forwarder.push(session, expected, out, mask)
             fields["forwarded"] = pushed
-        if split:  # the reply goes now; a `commitment` request gets the commitment
+        if split:  # the reply goes now; the commitment follows (`previous`, `commitment`)
             assert self.verifier is not None
             verifier, length = self.verifier, session.model.length
             box.post(length, lambda: verifier.commit_step(session, expected, hidden, mask, out))
