@@ -33,9 +33,8 @@ import torch
 import trio
 
 sys.path.insert(0, str(Path(__file__).parent))
-from distributed_throughput import Local, bench_prompt, machine, model_folder
+from distributed_throughput import Local, bench_prompt, machine, model_folder, ready_client
 
-from plexus.client import AsyncClient
 from plexus.local_swarm import LocalSwarm
 from plexus.models.loading import load_head, load_span
 from plexus.models.session import SpanSession
@@ -169,12 +168,7 @@ async def rounds(
     await chain.open()
     speeds: dict[str, list[float]] = {"local": [], "chain": [], "plexus": []}
     data_dir = args.dir / "client"
-    async with AsyncClient.connect(str(folder), initial_peers=[boot], data_dir=data_dir) as client:
-        with trio.fail_after(60):
-            while len(await client.swarm.node.find_servers(client.swarm.model_id)) < 2:
-                await trio.sleep(0.5)
-        await client.swarm.refresh(force=True)
-        await client.generate_ids(prompt, max_new_tokens=4, eos=False)  # warm-up
+    async with ready_client(folder, boot, data_dir, prompt) as client:
         for _ in range(args.rounds):
             speeds["local"].append(await local.tokens_per_s())
             speed, tokens = await chain.generate(prompt, args.new_tokens)

@@ -36,6 +36,8 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -152,6 +154,21 @@ def _local_worker(conn: Connection, folder: str, prompt: list[int], new_tokens: 
         conn.send(max(runs))
 
 
+@asynccontextmanager
+async def ready_client(
+    folder: Path, boot: str, data_dir: Path, prompt: list[int]
+) -> AsyncIterator[AsyncClient]:
+    """A client of the benchmark's swarm once it sees both servers, warmed up by a short
+    generation (which opens the route and dials the servers)."""
+    async with AsyncClient.connect(str(folder), initial_peers=[boot], data_dir=data_dir) as client:
+        with trio.fail_after(60):
+            while len(await client.swarm.node.find_servers(client.swarm.model_id)) < 2:
+                await trio.sleep(0.5)
+        await client.swarm.refresh(force=True)
+        await client.generate_ids(prompt, max_new_tokens=4, eos=False)  # warm-up
+        yield client
+
+
 async def swarm_runs(
     boot: str,
     folder: Path,
@@ -164,12 +181,7 @@ async def swarm_runs(
 ) -> tuple[dict[str, list[float]], bool | str | None]:
     speeds: dict[str, list[float]] = {"local": [], "forwarding": [], "relay": []}
     prefetch: bool | str | None = None  # the trial's decision; "n/a" without a trial
-    async with AsyncClient.connect(str(folder), initial_peers=[boot], data_dir=data_dir) as client:
-        with trio.fail_after(60):
-            while len(await client.swarm.node.find_servers(client.swarm.model_id)) < 2:
-                await trio.sleep(0.5)
-        await client.swarm.refresh(force=True)
-        await client.generate_ids(prompt, max_new_tokens=4, eos=False)  # warm-up
+    async with ready_client(folder, boot, data_dir, prompt) as client:
         if client_cpus:
             os.sched_setaffinity(0, client_cpus)  # generate() keeps every core in its process
         for _ in range(rounds):
