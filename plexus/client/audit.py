@@ -139,6 +139,8 @@ class AuditStats:
     audit_tokens: int = 0  # tokens re-run by auditors and arbiters
     served_tokens: int = 0  # tokens the audited hops served
     receipts: int = 0
+    unproven: int = 0  # outputs a failed server never committed to, compared with the replay
+    unproven_wrong: int = 0  # of those, outputs the replay disagreed with
 
 
 class HeldOutput:
@@ -346,7 +348,9 @@ class Auditor:
         x = inputs[:, span].float()
         theirs = step.as_float if step.as_float is not None else step.out.float()
         error = step_errors(theirs - x, replayed[:, span].float() - x, mask[:, span])
+        self.stats.unproven += 1
         if error > FULL_TOLERANCE:
+            self.stats.unproven_wrong += 1
             peer = state.hop.peer_id
             log.warning(
                 "%s's last output before it failed disagrees with its replacement's "

@@ -226,8 +226,10 @@ def test_an_uncommitted_last_output_is_compared_with_the_replay(
         replay = out.clone()  # an honest replacement: the same values
         auditor.compare_lost(state, pending, hidden, mask, replay)
         assert peer not in auditor.caught_at
+        assert (auditor.stats.unproven, auditor.stats.unproven_wrong) == (1, 0)
         replay[0, 1] += 0.5 * (out[0, 1] - hidden[0, 1])  # off by half the update
         auditor.compare_lost(state, pending, hidden, mask, replay)
         assert peer in auditor.caught_at and auditor.recently_caught(peer)
+        assert (auditor.stats.unproven, auditor.stats.unproven_wrong) == (2, 1)
 
     run_steps(model_dirs, check)

@@ -148,6 +148,11 @@ async def _failover_run(
         assert replacement is not killed[0]
         if forwarding:
             assert session.forwarded_legs > 0
+        if when == "decode" and victim_block == 5:  # the last server: a commitment was due
+            # Its last output, never committed to, was compared with the replay: it agreed.
+            assert c.auditor is not None
+            assert (c.auditor.stats.unproven, c.auditor.stats.unproven_wrong) == (1, 0)
+            assert killed[0].peer_id not in c.auditor.caught_at
         return result.token_ids, result.failovers, killed[0].peer_id
 
 
