@@ -361,7 +361,9 @@ class InferenceSession:
         yet; False if a hop failed: its results must not be used (recompute them)."""
         if self.auditor is None:
             return True
-        await self.settle()  # the last step's commitment, so that it can be audited too
+        # The last step's commitment, so that it can be audited too; fetched whether or
+        # not the hop is audited, or the request would tell its server that it is.
+        await self.settle()
         ok = True
         for state in self.hops:
             ok = await self.auditor.audit_hop(state) and ok
