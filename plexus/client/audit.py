@@ -104,7 +104,7 @@ class PendingStep:
     tokens: int
     inputs_hash: bytes
     out: torch.Tensor  # as received (the commitment's output hash is over these bytes)
-    as_float: torch.Tensor | None  # what the client used (kept for the audits)
+    as_float: torch.Tensor  # what the client used (kept for the audits)
     signed: SignedCommitment | None = None  # once checked
     commitment: Commitment | None = None
 
@@ -297,6 +297,7 @@ class Auditor:
         """Verify a step reply's commitment; raises NetworkError when it is wrong (and
         then changes nothing)."""
         pre = self.precheck(state, hidden, mask)
+        as_float = as_float if as_float is not None else out.float()
         step = PendingStep(state.length, hidden.shape[1], pre.digest, out, as_float)
         self._check_commitment(state, step, reply.fields)
         if not all_finite(out):
@@ -346,8 +347,7 @@ class Auditor:
         server that answers wrongly and then fails does not go unnoticed."""
         span = slice(step.position, step.end)
         x = inputs[:, span].float()
-        theirs = step.as_float if step.as_float is not None else step.out.float()
-        error = step_errors(theirs - x, replayed[:, span].float() - x, mask[:, span])
+        error = step_errors(step.as_float - x, replayed[:, span].float() - x, mask[:, span])
         self.stats.unproven += 1
         if error > FULL_TOLERANCE:
             self.stats.unproven_wrong += 1
@@ -364,7 +364,7 @@ class Auditor:
         audit.records.append(
             StepRecord(step.position, step.tokens, step.inputs_hash, step.signed, step.commitment)
         )
-        audit.outputs.append(step.as_float if step.as_float is not None else step.out.float())
+        audit.outputs.append(step.as_float)
 
     def _check_commitment(self, state: HopState, step: PendingStep, fields: dict[str, Any]) -> None:
         peer = state.hop.peer_id
