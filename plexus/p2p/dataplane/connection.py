@@ -392,19 +392,20 @@ class Connection:
     async def _run_handler(self, message: Message) -> Message:
         assert self._handler is not None
         limit = self.limits.handler_timeout
-        scope = trio.CancelScope()
+        timed_out = False
         try:
             if limit is None:
                 reply = await self._handler(self.peer_id, message)
             else:
                 with trio.move_on_after(limit) as scope:
                     reply = await self._handler(self.peer_id, message)
+                timed_out = scope.cancelled_caught
         except ProtocolError as exc:
             return error_message(exc.code, str(exc))
         except Exception as exc:
             log.exception("handler for %r from %s failed", message.type, self.peer_id)
             return error_message(ErrorCode.INTERNAL, f"handler failed: {type(exc).__name__}")
-        if scope.cancelled_caught:
+        if timed_out:
             return error_message(ErrorCode.TIMEOUT, f"handler took longer than {limit} s")
         if message.kind == Kind.REQUEST and not isinstance(reply, Message):
             log.error("handler for %r returned %r, not a Message", message.type, type(reply))

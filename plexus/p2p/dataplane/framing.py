@@ -89,9 +89,21 @@ class FramedChannel:
         else:
             self._send_lock.acquire_nowait()  # the common case costs no scheduler pass
         try:
-            source = _Concatenation(parts)
             needed = HEADER_BYTES + min(total, frame_size) + TAG_BYTES
             buffer = self._scratch if needed <= len(self._scratch) else bytearray(needed)
+            if total <= frame_size and needed <= len(self._scratch):
+                # Most messages: a few small parts, copied straight into the scratch frame.
+                view = memoryview(buffer)
+                offset = HEADER_BYTES
+                for part in parts:
+                    end = offset + _nbytes(part)
+                    view[offset:end] = part
+                    offset = end
+                if offset != HEADER_BYTES + total:
+                    raise ValueError(f"parts of {offset - HEADER_BYTES} bytes, not {total}")
+                await self._send_sealed(view, total, more=False)
+                return
+            source = _Concatenation(parts)
             if total <= frame_size:
                 await self._send_frame(buffer, source, total, b"", more=False)
                 return
@@ -151,6 +163,19 @@ class FramedChannel:
             view[HEADER_BYTES : HEADER_BYTES + len(prefix)] = prefix
             source.copy_into(view[HEADER_BYTES + len(prefix) : HEADER_BYTES + plain])
             self._seal.seal_in_place(view[HEADER_BYTES:], plain, header)
+        await self._write_frame(view)
+
+    async def _send_sealed(self, frame: memoryview, plain: int, more: bool) -> None:
+        """Seal and send the frame whose plaintext is already in `frame[4:4 + plain]`."""
+        end = HEADER_BYTES + plain + TAG_BYTES
+        view = frame[:end]
+        header = ((MORE if more else 0) | (plain + TAG_BYTES)).to_bytes(HEADER_BYTES, "big")
+        view[:HEADER_BYTES] = header
+        self._seal.seal_in_place(view[HEADER_BYTES:], plain, header)
+        await self._write_frame(view)
+
+    async def _write_frame(self, view: memoryview) -> None:
+        end = len(view)
         if self._broken is not None:
             raise ConnectionClosed(f"connection is closed ({self._broken})")
         try:
@@ -260,6 +285,10 @@ class FramedChannel:
                 f"continued frame of {plain} bytes is under the {MIN_CONTINUED_FRAME} minimum",
                 fatal=True,
             )
+
+
+def _nbytes(part: Buffer) -> int:
+    return part.nbytes if isinstance(part, memoryview) else len(part)
 
 
 class _Concatenation:

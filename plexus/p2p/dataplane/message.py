@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -63,8 +63,7 @@ class Message:
     request_id: int = 0
 
 
-@dataclass(frozen=True)
-class EncodedMessage:
+class EncodedMessage(NamedTuple):
     """Wire bytes of a message as a list of buffers; `tensors` keeps their memory alive."""
 
     parts: list[memoryview | bytes]
@@ -78,6 +77,23 @@ def _reject_constant(name: str) -> Any:
 
 # One encoder and one decoder: json.dumps/loads with options build a new one per call.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+try:  # what _ENCODER.encode runs, without its two Python frames (every message has a header)
+    from json.encoder import c_make_encoder as _c_make_encoder
+    from json.encoder import encode_basestring as _encode_string
+except ImportError:  # pragma: no cover - CPython always has the C accelerator
+    _c_make_encoder = None
+
+
+def _to_json(header: dict[str, Any]) -> str:
+    if _c_make_encoder is None:  # pragma: no cover
+        return _ENCODER.encode(header)
+    encode = _c_make_encoder(
+        {}, _ENCODER.default, _encode_string, None, ":", ",", False, False, False
+    )  # markers (fresh: a failed call may leave some), default, strings, indent, separators,
+    # sort_keys, skipkeys, allow_nan
+    return "".join(encode(header, 0))
+
+
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
@@ -100,7 +116,7 @@ def encode_message(message: Message, kind: Kind, request_id: int) -> EncodedMess
     if encoded:
         header["x"] = [item.descriptor for item in encoded]
     try:
-        header_bytes = _ENCODER.encode(header).encode()
+        header_bytes = _to_json(header).encode()
     except (TypeError, ValueError) as exc:
         raise ValueError(f"message fields are not plain JSON: {exc}") from exc
     parts: list[memoryview | bytes] = [

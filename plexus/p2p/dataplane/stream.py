@@ -40,7 +40,8 @@ class ByteStream(Protocol):
         ...
 
     async def receive_into(self, buffer: memoryview) -> int:
-        """Receive at least one byte into `buffer`; 0 means the peer closed its side."""
+        """Receive at least one byte into `buffer`; 0 means the peer closed its side.
+        Called after `receive_nowait` found nothing, so it may wait before it tries."""
         ...
 
     async def aclose(self) -> None: ...
@@ -85,11 +86,9 @@ class SocketByteStream:
             raise ConnectionClosed(f"receive failed: {exc}") from exc
 
     async def receive_into(self, buffer: memoryview) -> int:
+        # Callers have just found nothing with `receive_nowait`: wait first, so that a
+        # message costs one failed system call, not two.
         while True:
-            received = self.receive_nowait(buffer)
-            if received is not None:
-                await trio.lowlevel.checkpoint()
-                return received
             try:
                 await trio.lowlevel.wait_readable(self._fd)
             except (OSError, trio.ClosedResourceError) as exc:

@@ -10,8 +10,7 @@ from __future__ import annotations
 import ctypes
 import math
 import sys
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -37,11 +36,12 @@ if sys.byteorder != "little":  # pragma: no cover - every supported platform is 
     raise ImportError("the data plane's tensor encoding assumes a little-endian host")
 
 
-@dataclass(frozen=True)
-class EncodedTensor:
+class EncodedTensor(NamedTuple):
     """A tensor ready to send: its descriptor and the byte buffers making up its data.
 
     The buffers point into `keepalive`'s memory; hold this object until they are sent.
+    (Named tuples, here and for `TensorSpec`: every message builds some, and a frozen
+    dataclass costs several times as much to construct.)
     """
 
     descriptor: dict[str, Any]
@@ -79,8 +79,7 @@ def encode_tensor(tensor: torch.Tensor, *, compress: bool = False) -> EncodedTen
     return EncodedTensor(descriptor, (view,), len(view), (tensor,))
 
 
-@dataclass(frozen=True)
-class TensorSpec:
+class TensorSpec(NamedTuple):
     """A validated descriptor."""
 
     dtype: torch.dtype
