@@ -11,6 +11,7 @@ a global index would make the cache allocate, and report, the wrong layers).
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,7 +19,7 @@ from transformers import PretrainedConfig
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
-from plexus.models.decode_step import applies, decode_layer
+from plexus.models.decode_step import LayerPlan, decode_layer, fits
 from plexus.models.families import Family, family_of, layer_types
 
 
@@ -55,6 +56,26 @@ class SpanModel(nn.Module):
             self.family.decoder_layer(self.config, i) for i in range(self.config.num_hidden_layers)
         )
         self.rotary_emb = self.family.rotary_embedding(config=self.config)
+        self._plans: list[LayerPlan | None] | None = None  # see `decode_plans`
+
+    def decode_plans(self) -> list[LayerPlan | None]:
+        """Per layer, its `decode_step` plan, or None where that step does not apply.
+        Built once; moving or reloading the span (`_apply`, `load_state_dict`) drops them.
+        (Assigning a new parameter to one of its modules by hand does not.)"""
+        if self._plans is None:
+            self._plans = [LayerPlan.of(x) if fits(x) else None for x in self.layers]
+        return self._plans
+
+    def forget_plans(self) -> None:
+        self._plans = None
+
+    def _apply(self, fn: Any, recurse: bool = True) -> SpanModel:
+        self.forget_plans()
+        return super()._apply(fn, recurse)  # type: ignore[no-any-return]
+
+    def load_state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        self.forget_plans()
+        return super().load_state_dict(*args, **kwargs)
 
     def new_cache(self) -> DynamicCache:
         return DynamicCache(config=self.config)
@@ -101,12 +122,14 @@ class SpanModel(nn.Module):
         decode = new_tokens == 1 and cache is not None and sdpa
         if decode:  # the rotary tables as decode_layer takes them
             cos, sin = (t.unsqueeze(1) for t in position_embeddings)
+            plans = self.decode_plans()
         for i, kind in zip(blocks, kinds, strict=True):
-            layer = self.layers[i]
-            if decode and masks[kind] is None and applies(layer):  # what it would run, unwrapped
-                hidden = decode_layer(layer, hidden, cos, sin, cache)  # type: ignore[arg-type]
-                continue
-            hidden = layer(
+            if decode and masks[kind] is None:  # what the layer would run, unwrapped
+                plan = plans[i]
+                if plan is not None and not plan.layer.training:
+                    hidden = decode_layer(plan, hidden, cos, sin, cache)  # type: ignore[arg-type]
+                    continue
+            hidden = self.layers[i](
                 hidden,
                 attention_mask=masks[kind],
                 position_ids=position_ids,

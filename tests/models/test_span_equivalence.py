@@ -169,9 +169,9 @@ def test_unmasked_decode_steps_run_the_layers_operations_bit_for_bit(
     for prefix_mask in (torch.ones(2, 6, dtype=torch.long), padded):
         outputs = []
         for direct in (True, False):
-            monkeypatch.setattr(
-                span_module, "applies", decode_step.applies if direct else lambda _: False
-            )
+            fits = decode_step.fits if direct else lambda _: False
+            monkeypatch.setattr(span_module, "fits", fits)
+            span.forget_plans()
             cache = span.new_cache()
             mask = prefix_mask
             outs = [span(hidden, mask, cache)]
