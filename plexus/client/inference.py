@@ -14,6 +14,7 @@ carries on: the output is the same as if nothing had failed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
@@ -257,13 +258,16 @@ class InferenceSession:
             budget += state.timeout(tokens)
             deadlines.append(started + budget)
             messages.append(Message("step", fields, tensors if k == 0 else []))
-        async with trio.open_nursery() as nursery:
+        pool = self.swarm.pool
+        dialling = not all(pool.connected(state.hop.peer_id) for state in hops[1:])
+        # No nursery in the common case (every later hop connected): none is needed.
+        async with trio.open_nursery() if dialling else contextlib.nullcontext() as nursery:
             # The later hops' requests go first: they only make their servers wait for
             # the pushed input, and sent after the first request they would take CPU from
             # the first server's compute wherever the two share cores (docs/performance.md).
             # One that must dial first is sent from a task.
             for k in range(1, len(hops)):
-                if self.swarm.pool.connected(hops[k].hop.peer_id):
+                if nursery is None or pool.connected(hops[k].hop.peer_id):
                     await self._send(hops[k], messages[k], sent[k], tokens)
                 else:
                     nursery.start_soon(self._send, hops[k], messages[k], sent[k], tokens)
@@ -287,7 +291,8 @@ class InferenceSession:
                             self.auditor.precheck(hops[index], x, mask)
             except NetworkError as exc:
                 failure = exc
-            nursery.cancel_scope.cancel()  # requests still out are answered to nobody
+            if nursery is not None:
+                nursery.cancel_scope.cancel()  # requests still out are answered to nobody
         if failure is not None:
             self._report_failure(hops[index], failure)
             replacement, x = await self._recover(hops[index], x, mask)
@@ -608,8 +613,9 @@ class _Sent:
 
     async def reply(self, deadline: float) -> Message:
         """The reply, or NetworkError (RequestTimeout past `deadline`)."""
-        with trio.move_on_at(deadline):
-            await self._event.wait()
+        if not self._event.is_set():  # (usually it is: a cancel scope less per hop)
+            with trio.move_on_at(deadline):
+                await self._event.wait()
         if self._pending is None:
             raise self._error or RequestTimeout("the request could not be sent in time")
         message = await self._pending.wait(max(0.0, deadline - trio.current_time()))

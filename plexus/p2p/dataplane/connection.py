@@ -70,12 +70,15 @@ class PendingReply:
         return self._waiter.event.is_set()
 
     async def wait(self, timeout: float | None = DEFAULT_REQUEST_TIMEOUT) -> Message:
+        timed_out = False
         try:
-            with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
-                await self._waiter.event.wait()
+            if not self._waiter.event.is_set():  # no cancel scope when the reply is here
+                with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
+                    await self._waiter.event.wait()
+                timed_out = scope.cancelled_caught
         finally:
             self._conn._pending.pop(self._id, None)
-        return self._conn._reply_of(self._waiter, self._what, timeout, scope.cancelled_caught)
+        return self._conn._reply_of(self._waiter, self._what, timeout, timed_out)
 
     def abandon(self) -> None:
         """Stop waiting: a late reply is dropped."""
