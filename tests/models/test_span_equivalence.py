@@ -185,3 +185,42 @@ def test_unmasked_decode_steps_run_the_layers_operations_bit_for_bit(
         assert direct_calls == len(steps) * n
     if family != "mistral":  # every Mistral layer slides past its window: masked
         assert direct_calls > 0
+
+
+def test_decode_plans_follow_the_weights_when_the_span_is_moved_or_reloaded(
+    model_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plans hold the layers' weight tensors: converting the span (`.to`) or loading
+    new weights into it must not leave decode steps on the old ones."""
+    folder = model_dirs["tiny"]
+    n = load_config(folder).num_hidden_layers
+    span = load_span(folder, 0, n - 1, progress=False)
+    gen = torch.Generator().manual_seed(7)
+    prefix = torch.randn(1, 4, span.config.hidden_size, generator=gen)
+    step = torch.randn(1, 1, span.config.hidden_size, generator=gen)
+    mask = torch.ones(1, 5, dtype=torch.long)
+
+    def decode(direct: bool) -> torch.Tensor:
+        if not direct:  # through transformers' layers: no plans
+            monkeypatch.setattr(span_module, "fits", lambda _: False)
+            span.forget_plans()
+        dtype = span.layers[0].mlp.up_proj.weight.dtype
+        cache = span.new_cache()
+        span(prefix.to(dtype), mask[:, :4], cache)
+        out = span(step.to(dtype), mask, cache)
+        assert (span.decode_plans()[0] is not None) == direct
+        if not direct:
+            monkeypatch.undo()
+            span.forget_plans()
+        return out
+
+    decode(True)  # builds the plans on the fp32 weights
+    span.to(torch.bfloat16)
+    direct = decode(True)
+    assert direct.dtype == torch.bfloat16 and torch.equal(direct, decode(False))
+
+    decode(True)  # plans on the bf16 weights
+    state = {k: torch.randn_like(v) for k, v in span.state_dict().items()}
+    span.load_state_dict(state, assign=True)  # new tensors, not new values in the old ones
+    direct = decode(True)
+    assert torch.equal(direct, decode(False))
