@@ -18,7 +18,6 @@ A 4 KB request (a (1, 1, 2048) float16 tensor) echoed back, as in dataplane_benc
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
@@ -30,48 +29,31 @@ from pathlib import Path
 
 import torch
 import trio
+from dataplane_bench import process_cpu_seconds, server_process
 
 REPO = Path(__file__).resolve().parent.parent
 SHAPE = (1, 1, 2048)  # float16: 4096 bytes
 WARM_UP = 200
 
 
-def process_cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def two_processes(rounds: int) -> None:
     from plexus.identity import Identity
     from plexus.p2p.dataplane import Message, connect
 
-    server = subprocess.Popen(
-        [sys.executable, "-m", "plexus.p2p.dataplane._echo_server"],
-        stdout=subprocess.PIPE,
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        text=True,
-    )
-    try:
-        assert server.stdout is not None
-        info = json.loads(server.stdout.readline())
-        small = torch.randn(SHAPE).to(torch.float16)
+    small = torch.randn(SHAPE).to(torch.float16)
+    with server_process(["-m", "plexus.p2p.dataplane._echo_server"]) as info:
         identity = Identity.generate(os.urandom(32))
         async with connect(identity, (info["host"], info["port"]), info["peer_id"]) as conn:
             for _ in range(WARM_UP):
                 await conn.request(Message("echo", {}, [small]), timeout=10)
-            client_cpu, server_cpu = time.process_time(), process_cpu_seconds(server.pid)
+            client_cpu, server_cpu = time.process_time(), process_cpu_seconds(info["pid"])
             times = []
             for _ in range(rounds):
                 start = time.perf_counter()
                 await conn.request(Message("echo", {}, [small]), timeout=10)
                 times.append(time.perf_counter() - start)
             client_cpu = time.process_time() - client_cpu
-            server_cpu = process_cpu_seconds(server.pid) - server_cpu
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+            server_cpu = process_cpu_seconds(info["pid"]) - server_cpu
     client_us, server_us = client_cpu / rounds * 1e6, server_cpu / rounds * 1e6
     print(
         f"4 KB round trip: median {statistics.median(times) * 1e3:.3f} ms; CPU per round "

@@ -91,8 +91,7 @@ class FramedChannel:
         try:
             needed = HEADER_BYTES + min(total, frame_size) + TAG_BYTES
             buffer = self._scratch if needed <= len(self._scratch) else bytearray(needed)
-            if total <= frame_size and needed <= len(self._scratch):
-                # Most messages: a few small parts, copied straight into the scratch frame.
+            if total <= frame_size:  # one frame: the parts copied straight into it
                 view = memoryview(buffer)
                 offset = HEADER_BYTES
                 for part in parts:
@@ -104,9 +103,6 @@ class FramedChannel:
                 await self._send_sealed(view, total, more=False)
                 return
             source = _Concatenation(parts)
-            if total <= frame_size:
-                await self._send_frame(buffer, source, total, b"", more=False)
-                return
             # A multi-frame message announces its size first, so the receiver can
             # assemble it in place in one buffer.
             prefix = total.to_bytes(LENGTH_PREFIX_BYTES, "big")
@@ -151,25 +147,24 @@ class FramedChannel:
         self, buffer: bytearray, source: _Concatenation, chunk: int, prefix: bytes, more: bool
     ) -> None:
         plain = len(prefix) + chunk
-        end = HEADER_BYTES + plain + TAG_BYTES
-        view = memoryview(buffer)[:end]
-        word = (MORE if more else 0) | (plain + TAG_BYTES)
-        header = word.to_bytes(HEADER_BYTES, "big")
-        view[:HEADER_BYTES] = header
+        view = memoryview(buffer)
         contiguous = None if prefix else source.take_contiguous(chunk)
-        if contiguous is not None:  # encrypt straight from the tensor's memory
-            self._seal.seal_into(view[HEADER_BYTES:], contiguous, header)
-        else:
+        if contiguous is None:
             view[HEADER_BYTES : HEADER_BYTES + len(prefix)] = prefix
             source.copy_into(view[HEADER_BYTES + len(prefix) : HEADER_BYTES + plain])
-            self._seal.seal_in_place(view[HEADER_BYTES:], plain, header)
+            await self._send_sealed(view, plain, more)
+            return
+        # Encrypt straight from the tensor's memory.
+        view = view[: HEADER_BYTES + plain + TAG_BYTES]
+        header = _header(plain, more)
+        view[:HEADER_BYTES] = header
+        self._seal.seal_into(view[HEADER_BYTES:], contiguous, header)
         await self._write_frame(view)
 
     async def _send_sealed(self, frame: memoryview, plain: int, more: bool) -> None:
         """Seal and send the frame whose plaintext is already in `frame[4:4 + plain]`."""
-        end = HEADER_BYTES + plain + TAG_BYTES
-        view = frame[:end]
-        header = ((MORE if more else 0) | (plain + TAG_BYTES)).to_bytes(HEADER_BYTES, "big")
+        view = frame[: HEADER_BYTES + plain + TAG_BYTES]
+        header = _header(plain, more)
         view[:HEADER_BYTES] = header
         self._seal.seal_in_place(view[HEADER_BYTES:], plain, header)
         await self._write_frame(view)
@@ -285,6 +280,10 @@ class FramedChannel:
                 f"continued frame of {plain} bytes is under the {MIN_CONTINUED_FRAME} minimum",
                 fatal=True,
             )
+
+
+def _header(plain: int, more: bool) -> bytes:
+    return ((MORE if more else 0) | (plain + TAG_BYTES)).to_bytes(HEADER_BYTES, "big")
 
 
 def _nbytes(part: Buffer) -> int:
