@@ -11,8 +11,9 @@ A 4 KB request (a (1, 1, 2048) float16 tensor) echoed back, as in dataplane_benc
 * Instructions (`--instructions`): both ends in one process (an inline echo route), run
   under valgrind's cachegrind twice, with 10 and with 10 + `--rounds` round trips; the
   difference over `--rounds` is the instructions one round trip executes, both sides
-  together. Unlike times, the count does not depend on the host's load, so it compares
-  two versions of the code exactly (it does not see cache misses or system calls' time).
+  together. Unlike times, the count does not depend on the host's load: it varies by 2-3%
+  between runs (hash seeds, garbage collection), so it tells apart versions of the code
+  that differ by more than that (it does not see cache misses or system calls' time).
 """
 
 from __future__ import annotations
