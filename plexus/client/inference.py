@@ -32,8 +32,9 @@ from plexus.errors import NetworkError, PlexusError
 from plexus.models.finite import all_finite
 from plexus.p2p.dataplane import Message
 from plexus.p2p.dataplane.connection import PendingReply
-from plexus.p2p.dataplane.errors import RequestTimeout
+from plexus.p2p.dataplane.errors import RemoteError, RequestTimeout
 from plexus.p2p.route_grant import GrantHop, RouteGrant, SignedGrant, sign_grant
+from plexus.server.errors import ServerCode
 from plexus.verification import NETWORK_ID
 
 log = logging.getLogger(__name__)
@@ -290,7 +291,15 @@ class InferenceSession:
                         if self.auditor is not None:  # while the next server computes
                             self.auditor.precheck(hops[index], x, mask)
             except NetworkError as exc:
-                failure = exc
+                if index > 0 and _input_came_too_late(exc):
+                    # The server is alive and answered: its input (a push, slow or lost)
+                    # did not come in time. Relay the step to it instead of failing it,
+                    # and hand every hop the route grant again with the next step.
+                    log.info("%s got no input in time; relaying", hops[index].hop.peer_id)
+                    self.relayed_legs += 1
+                    self._grant = None
+                else:
+                    failure = exc
             if nursery is not None:
                 nursery.cancel_scope.cancel()  # requests still out are answered to nobody
         if failure is not None:
@@ -586,6 +595,11 @@ class InferenceSession:
                 self.swarm.fail(broken.hop.peer_id)
                 await self.swarm.pool.drop(broken.hop.peer_id)
         raise RouteError(f"could not re-route blocks {failed.hop.start}-{failed.hop.end}")
+
+
+def _input_came_too_late(exc: NetworkError) -> bool:
+    """Whether a forwarded step failed only because its server's input was late."""
+    return isinstance(exc, RemoteError) and exc.code == ServerCode.UPSTREAM_TIMEOUT
 
 
 class _Sent:

@@ -13,11 +13,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 import trio
 
+from plexus.client import inference
+from plexus.client.audit import Auditor
 from plexus.client.inference import InferenceSession
 from plexus.client.planner import ServerInfo
 from plexus.client.pool import ConnectionPool
@@ -130,11 +133,14 @@ async def test_forwarded_steps_equal_relayed_and_local(tiny, forwarding: bool) -
 
 
 async def _session(
-    view: SwarmView, servers: list[Server], forwarding: bool = True
+    view: SwarmView,
+    servers: list[Server],
+    forwarding: bool = True,
+    auditor: Auditor | None = None,
 ) -> InferenceSession:
     view.servers = {s.peer_id: s.info() for s in servers}
     view._refreshed = 1e18  # never look the swarm up again
-    session = InferenceSession(view, 8, 128, 64, forwarding=forwarding)
+    session = InferenceSession(view, 8, 128, 64, auditor=auditor, forwarding=forwarding)
     await session.open()
     return session
 
@@ -210,6 +216,52 @@ async def test_server_that_cannot_reach_the_next_one_is_relayed(tiny) -> None:  
     assert session.forwarded_legs == len(inputs)  # first -> middle
     assert session.relayed_legs == len(inputs)  # middle -> last, through the client
     assert session.failovers == 0
+
+
+@pytest.mark.parametrize("audited", [False, True])
+async def test_a_server_whose_input_came_too_late_is_relayed_not_failed(
+    tiny, monkeypatch, audited: bool
+) -> None:  # type: ignore[no-untyped-def]
+    """The middle server says it forwarded, but its first push never lands: the last
+    server answers UPSTREAM_TIMEOUT. It is alive, so the client relays that step to it
+    and keeps forwarding afterwards; failing it would leave blocks 6-7 unserved. Audited,
+    the last server's commitments (which follow its replies) are all checked too."""
+    folder, model_id = tiny
+    monkeypatch.setattr(inference, "MIN_STEP_TIMEOUT_S", 1.0)  # how long the last one waits
+    inputs = [torch.randn(1, 4, 128)] + [torch.randn(1, 1, 128) for _ in range(3)]
+    expected = reference(folder, inputs)
+    async with swarm(folder, model_id) as servers:
+        middle = servers[1].handlers.forwarder
+        assert middle is not None
+        push, lost = middle.push, [1]
+
+        async def losing_the_first(*args: Any) -> bool:
+            if lost:
+                lost.pop()
+                return True  # as when the push is sent but lost, or arrives too late
+            return await push(*args)
+
+        middle.push = losing_the_first  # type: ignore[method-assign]
+        client = Identity.generate(os.urandom(32))
+        async with ConnectionPool.open(client) as pool:
+            view = SwarmView(StaticNode(), pool, model_id)  # type: ignore[arg-type]
+            auditor = Auditor(client, view, floor=0.0) if audited else None
+            session = await _session(view, servers, auditor=auditor)
+            outs = [await session.step(x) for x in inputs]
+            route = [h.hop.peer_id for h in session.hops]
+            if auditor is not None:
+                await session.settle()
+                checked = [h.audit for h in session.hops]
+            await session.close()
+    assert all(torch.equal(a, b) for a, b in zip(outs, expected, strict=True))
+    assert session.failovers == 0
+    assert route == [s.peer_id for s in servers]
+    assert session.relayed_legs == 1
+    assert session.forwarded_legs == 2 * len(inputs)  # the middle server claimed the lost one
+    assert servers[2].handlers.forwarder.pushes_received == len(inputs) - 1  # type: ignore[union-attr]
+    if audited:  # every step of every hop came with its checked commitment
+        assert [(len(a.records), a.pending, a.tokens_sent) for a in checked] == [(4, None, 7)] * 3
+        assert auditor is not None and not auditor.caught_at
 
 
 async def _open(conn, start: int, end: int, model_id: str) -> str:  # type: ignore[no-untyped-def]
