@@ -44,6 +44,9 @@ FIRST_STEP_TIMEOUT_S = 60.0  # before any step time was measured
 MIN_STEP_TIMEOUT_S = 3.0
 TIMEOUT_FACTOR = 20.0  # a step may take this many times its expected duration
 MAX_RECOVERY_ATTEMPTS = 6
+# After this many forwarded inputs came too late (a slow link, or a server that says it
+# forwarded and did not), the session stops forwarding: each one cost a step's wait.
+MAX_LATE_INPUTS = 3
 CLOSE_TIMEOUT_S = 5.0
 LOOKUP_RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0)
 
@@ -105,6 +108,7 @@ class InferenceSession:
         self._grant_seq = 0
         self.forwarded_legs = 0  # server-to-server legs taken
         self.relayed_legs = 0  # legs the client relayed
+        self.late_inputs = 0  # forwarded steps whose pushed input came too late
         self._while_waiting: Callable[[], object] | None = None  # see step_and
         self._while_waiting_s = 0.0  # what it took, last time
         self.num_blocks = num_blocks
@@ -298,6 +302,10 @@ class InferenceSession:
                     log.info("%s got no input in time; relaying", hops[index].hop.peer_id)
                     self.relayed_legs += 1
                     self._grant = None
+                    self.late_inputs += 1
+                    if self.late_inputs >= MAX_LATE_INPUTS:  # each one cost a wait
+                        log.warning("forwarded inputs keep coming late: relaying from now on")
+                        self.forwarding = False
                 else:
                     failure = exc
             if nursery is not None:

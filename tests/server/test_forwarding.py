@@ -257,11 +257,39 @@ async def test_a_server_whose_input_came_too_late_is_relayed_not_failed(
     assert session.failovers == 0
     assert route == [s.peer_id for s in servers]
     assert session.relayed_legs == 1
+    assert session.forwarding
     assert session.forwarded_legs == 2 * len(inputs)  # the middle server claimed the lost one
     assert servers[2].handlers.forwarder.pushes_received == len(inputs) - 1  # type: ignore[union-attr]
     if audited:  # every step of every hop came with its checked commitment
         assert [(len(a.records), a.pending, a.tokens_sent) for a in checked] == [(4, None, 7)] * 3
         assert auditor is not None and not auditor.caught_at
+
+
+async def test_a_session_whose_inputs_keep_coming_late_stops_forwarding(tiny, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A middle server that always says it forwarded and never does costs the client a
+    wait per step: after MAX_LATE_INPUTS of them, the session relays every leg itself."""
+    folder, model_id = tiny
+    monkeypatch.setattr(inference, "MIN_STEP_TIMEOUT_S", 0.5)
+    inputs = [torch.randn(1, 4, 128)] + [torch.randn(1, 1, 128) for _ in range(5)]
+    expected = reference(folder, inputs)
+    async with swarm(folder, model_id) as servers:
+        middle = servers[1].handlers.forwarder
+        assert middle is not None
+
+        async def lying(*args: Any) -> bool:
+            return True  # "forwarded", and nothing sent
+
+        middle.push = lying  # type: ignore[method-assign]
+        client = Identity.generate(os.urandom(32))
+        async with ConnectionPool.open(client) as pool:
+            session = await _session(SwarmView(StaticNode(), pool, model_id), servers)  # type: ignore[arg-type]
+            outs = [await session.step(x) for x in inputs]
+            await session.close()
+    assert all(torch.equal(a, b) for a, b in zip(outs, expected, strict=True))
+    assert (session.failovers, session.late_inputs) == (0, inference.MAX_LATE_INPUTS)
+    assert not session.forwarding
+    assert session.forwarded_legs == 2 * inference.MAX_LATE_INPUTS  # then none
+    assert servers[2].handlers.forwarder.pushes_received == 0  # type: ignore[union-attr]
 
 
 async def _open(conn, start: int, end: int, model_id: str) -> str:  # type: ignore[no-untyped-def]
