@@ -26,7 +26,7 @@ import torch
 import trio
 
 from plexus.client.audit import Auditor, HopAudit, PendingStep
-from plexus.client.planner import Hop, MissingBlocksError, plan_route
+from plexus.client.planner import Hop, MissingBlocksError, Route, plan_route
 from plexus.client.swarm import SwarmView
 from plexus.errors import NetworkError, PlexusError
 from plexus.models.finite import all_finite
@@ -439,20 +439,16 @@ class InferenceSession:
 
     # -- internals -----------------------------------------------------------------------
     async def _open_route(self, start: int, end: int) -> list[HopState]:
+        failed_here: set[str] = set()  # servers that could not open a session, this call
         for _attempt in range(MAX_RECOVERY_ATTEMPTS):
-            # Comparable servers share the load (and new ones get traffic to be audited).
-            servers = [replace(s, reputation=s.reputation * random.uniform(0.5, 1.0))
-                       for s in self.swarm.servers.values()]  # fmt: skip
-            route = plan_route(
-                self.num_blocks,
-                servers,
-                start=start,
-                end=end,
-                rtts=self.swarm.rtts,
-                exclude=self.swarm.backed_off(),
-                cache_tokens_needed=self.max_length * self.batch_size,
-                forwarding=self.forwarding,
-            )
+            try:
+                route = self._plan(start, end, self.swarm.backed_off())
+            except MissingBlocksError as exc:
+                # Every server left for some blocks failed recently. A live server backs
+                # off after one timeout too (a loaded machine, a slow link): rather than
+                # give up, try those again, each once here. Convicted ones never are.
+                route = self._plan(start, end, self.swarm.blocked | failed_here)
+                log.info("%s (but for servers that failed recently): trying those again", exc)
             states = [HopState(hop) for hop in route.hops]
             try:
                 async with trio.open_nursery() as nursery:
@@ -463,9 +459,25 @@ class InferenceSession:
                 for state in states:
                     if not state.session_id:
                         self.swarm.fail(state.hop.peer_id)
+                        failed_here.add(state.hop.peer_id)
                 log.warning("could not open sessions: %s", group.exceptions[0])
                 await self.swarm.refresh(force=True)
         raise RouteError(f"no working servers for blocks {start}-{end}")
+
+    def _plan(self, start: int, end: int, exclude: set[str]) -> Route:
+        # Comparable servers share the load (and new ones get traffic to be audited).
+        servers = [replace(s, reputation=s.reputation * random.uniform(0.5, 1.0))
+                   for s in self.swarm.servers.values()]  # fmt: skip
+        return plan_route(
+            self.num_blocks,
+            servers,
+            start=start,
+            end=end,
+            rtts=self.swarm.rtts,
+            exclude=exclude,
+            cache_tokens_needed=self.max_length * self.batch_size,
+            forwarding=self.forwarding,
+        )
 
     async def _open_one(self, state: HopState) -> None:
         conn = await self.swarm.pool.get(state.hop.peer_id, state.hop.server.address)

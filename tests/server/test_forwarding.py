@@ -31,7 +31,7 @@ from plexus.models.resolve import open_model
 from plexus.p2p.dataplane import Message, RemoteError, serve_dataplane
 from plexus.p2p.route_grant import GrantHop, RouteGrant, sign_grant
 from plexus.server.backend import SpanBackend
-from plexus.server.errors import ServerCode
+from plexus.server.errors import ServerCode, ServerError
 from plexus.server.forwarding import Forwarder
 from plexus.server.handlers import BlockServerHandlers
 from plexus.server.verifier import ServerVerifier
@@ -290,6 +290,48 @@ async def test_a_session_whose_inputs_keep_coming_late_stops_forwarding(tiny, mo
     assert not session.forwarding
     assert session.forwarded_legs == 2 * inference.MAX_LATE_INPUTS  # then none
     assert servers[2].handlers.forwarder.pushes_received == 0  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("forwarding", [True, False])
+async def test_the_only_server_of_a_span_is_tried_again_after_one_failure(
+    tiny, forwarding: bool
+) -> None:  # type: ignore[no-untyped-def]
+    """The last server fails one step (an error, as after a timeout): the client backs
+    off from it, finds no other server for blocks 4-7 and, rather than give up, opens a
+    new session on it, replays the history and carries on with the same output."""
+    folder, model_id = tiny
+    inputs = [torch.randn(1, 4, 128)] + [torch.randn(1, 1, 128) for _ in range(4)]
+    spans = [(0, 3), (4, 7)]
+    whole = SpanSession(load_span(folder, 0, 7, progress=False))
+    expected = [whole.step(x) for x in inputs]
+    async with swarm(folder, model_id, spans=spans) as servers:
+        backend = servers[1].handlers.backend
+        step, calls = backend.step, []
+
+        async def failing_the_third(*args: Any, **kwargs: Any) -> torch.Tensor:
+            calls.append(1)
+            if len(calls) == 3:
+                raise ServerError(ServerCode.MALFORMED_REQUEST, "injected failure")
+            return await step(*args, **kwargs)
+
+        backend.step = failing_the_third  # type: ignore[method-assign]
+        client = Identity.generate(os.urandom(32))
+        async with ConnectionPool.open(client) as pool:
+            view = SwarmView(StaticNode(), pool, model_id)  # type: ignore[arg-type]
+            session = await _session(view, servers, forwarding)
+
+            async def known(force: bool = False) -> None:
+                pass  # the servers the test filled in stay (a lookup would find them)
+
+            view.refresh = known  # type: ignore[method-assign]
+            outs = [await session.step(x) for x in inputs]
+            route = [h.hop.peer_id for h in session.hops]
+            backed_off = view.backed_off()
+            await session.close()
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(outs, expected, strict=True))
+    assert session.failovers == 1
+    assert route == [s.peer_id for s in servers]
+    assert servers[1].peer_id in backed_off  # backed off, and used all the same
 
 
 async def _open(conn, start: int, end: int, model_id: str) -> str:  # type: ignore[no-untyped-def]
