@@ -296,16 +296,7 @@ class InferenceSession:
                             self.auditor.precheck(hops[index], x, mask)
             except NetworkError as exc:
                 if index > 0 and _input_came_too_late(exc):
-                    # The server is alive and answered: its input (a push, slow or lost)
-                    # did not come in time. Relay the step to it instead of failing it,
-                    # and hand every hop the route grant again with the next step.
-                    log.info("%s got no input in time; relaying", hops[index].hop.peer_id)
-                    self.relayed_legs += 1
-                    self._grant = None
-                    self.late_inputs += 1
-                    if self.late_inputs >= MAX_LATE_INPUTS:  # each one cost a wait
-                        log.warning("forwarded inputs keep coming late: relaying from now on")
-                        self.forwarding = False
+                    self._input_was_late(hops[index])  # the caller relays from there
                 else:
                     failure = exc
             if nursery is not None:
@@ -316,6 +307,18 @@ class InferenceSession:
             self.hops[index : index + 1] = replacement
             index += len(replacement)
         return x, index
+
+    def _input_was_late(self, state: HopState) -> None:
+        """`state`'s server answered that its forwarded input did not come in time: it is
+        alive, so it is relayed this step instead of failed, and every hop gets the route
+        grant again with the next step (the later ones took the current one already)."""
+        log.info("%s got no input in time; relaying", state.hop.peer_id)
+        self.relayed_legs += 1
+        self._grant = None
+        self.late_inputs += 1
+        if self.late_inputs >= MAX_LATE_INPUTS:  # each one cost a wait
+            log.warning("forwarded inputs keep coming late: relaying from now on")
+            self.forwarding = False
 
     async def _send(self, state: HopState, message: Message, into: _Sent, tokens: int) -> None:
         try:

@@ -18,6 +18,8 @@ from plexus.p2p.dataplane import Connection, Limits, connect
 
 log = logging.getLogger(__name__)
 
+SLOW_DIAL_S = 1.0  # a dial (handshake included) that took longer is logged
+
 
 class ConnectionPool:
     def __init__(
@@ -58,12 +60,16 @@ class ConnectionPool:
             conn = self._open_connection(peer_id)
             if conn is not None:
                 return conn
+            began = trio.current_time()
             try:
                 return await self._nursery.start(self._hold, peer_id, address)
             except NetworkError as exc:
                 raise NetworkError(f"cannot connect to {peer_id} at {address}: {exc}") from exc
             except (OSError, ValueError) as exc:
                 raise NetworkError(f"cannot connect to {peer_id} at {address}: {exc}") from exc
+            finally:
+                if (took := trio.current_time() - began) > SLOW_DIAL_S:
+                    log.info("dialling %s at %s took %.1f s", peer_id, address, took)
 
     async def _hold(
         self, peer_id: str, address: str, task_status: trio.TaskStatus[Connection]

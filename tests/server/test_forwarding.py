@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,18 +192,27 @@ async def test_while_waiting_runs_at_most_once_a_step_when_it_fits(tiny, forward
     assert len(slow) == 1  # then known to take longer than the wait: not again
 
 
+def _replace_push(
+    server: Server, push: Callable[..., Awaitable[bool]]
+) -> Callable[..., Awaitable[bool]]:
+    """Make `server` push its outputs with `push`; its own push, to call from there."""
+    forwarder = server.handlers.forwarder
+    assert forwarder is not None
+    original = forwarder.push
+    forwarder.push = push  # type: ignore[method-assign]
+    return original
+
+
 async def test_server_that_cannot_reach_the_next_one_is_relayed(tiny) -> None:  # type: ignore[no-untyped-def]
     folder, model_id = tiny
     inputs = [torch.randn(1, 4, 128)] + [torch.randn(1, 1, 128) for _ in range(3)]
     expected = reference(folder, inputs)
     async with swarm(folder, model_id) as servers:
-        middle = servers[1].handlers.forwarder
-        assert middle is not None
 
         async def unreachable(*args: object) -> bool:
             return False  # as when the next server's address cannot be dialled
 
-        middle.push = unreachable  # type: ignore[method-assign]
+        _replace_push(servers[1], unreachable)
         client = Identity.generate(os.urandom(32))
         async with ConnectionPool.open(client) as pool:
             view = SwarmView(StaticNode(), pool, model_id)  # type: ignore[arg-type]
@@ -231,9 +240,7 @@ async def test_a_server_whose_input_came_too_late_is_relayed_not_failed(
     inputs = [torch.randn(1, 4, 128)] + [torch.randn(1, 1, 128) for _ in range(3)]
     expected = reference(folder, inputs)
     async with swarm(folder, model_id) as servers:
-        middle = servers[1].handlers.forwarder
-        assert middle is not None
-        push, lost = middle.push, [1]
+        lost = [1]
 
         async def losing_the_first(*args: Any) -> bool:
             if lost:
@@ -241,7 +248,7 @@ async def test_a_server_whose_input_came_too_late_is_relayed_not_failed(
                 return True  # as when the push is sent but lost, or arrives too late
             return await push(*args)
 
-        middle.push = losing_the_first  # type: ignore[method-assign]
+        push = _replace_push(servers[1], losing_the_first)
         client = Identity.generate(os.urandom(32))
         async with ConnectionPool.open(client) as pool:
             view = SwarmView(StaticNode(), pool, model_id)  # type: ignore[arg-type]
@@ -273,13 +280,11 @@ async def test_a_session_whose_inputs_keep_coming_late_stops_forwarding(tiny, mo
     inputs = [torch.randn(1, 4, 128)] + [torch.randn(1, 1, 128) for _ in range(5)]
     expected = reference(folder, inputs)
     async with swarm(folder, model_id) as servers:
-        middle = servers[1].handlers.forwarder
-        assert middle is not None
 
         async def lying(*args: Any) -> bool:
             return True  # "forwarded", and nothing sent
 
-        middle.push = lying  # type: ignore[method-assign]
+        _replace_push(servers[1], lying)
         client = Identity.generate(os.urandom(32))
         async with ConnectionPool.open(client) as pool:
             session = await _session(SwarmView(StaticNode(), pool, model_id), servers)  # type: ignore[arg-type]
